@@ -1,0 +1,32 @@
+"""VisionSelector for Qwen2.5-VL: learned visual token selection, as a transformers model package.
+
+The sibling files of this folder are also the remote code that `save_pretrained` ships with a checkpoint.
+"""
+
+from .configuration_visionselector import VisionSelectorConfig
+from .modeling_visionselector import (
+    VisionSelectorCausalLMOutputWithPast,
+    VisionSelectorForConditionalGeneration,
+    VisualTokenSelection,
+)
+from .scoring import (
+    VisionSelectorScorer,
+    differentiable_topk,
+    hard_topk_mask,
+    num_kept_tokens,
+    topk_indices,
+    validate_retention_ratio,
+)
+
+__all__ = [
+    "VisionSelectorConfig",
+    "VisionSelectorForConditionalGeneration",
+    "VisionSelectorCausalLMOutputWithPast",
+    "VisualTokenSelection",
+    "VisionSelectorScorer",
+    "differentiable_topk",
+    "hard_topk_mask",
+    "num_kept_tokens",
+    "topk_indices",
+    "validate_retention_ratio",
+]

@@ -1,0 +1,1 @@
+"""VisionSelector training (installed as `visionselector_training`)."""
