@@ -1,0 +1,99 @@
+"""Training configuration of the VisionSelector scorer: TRL's `SFTConfig` plus the curriculum of the paper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modeling_visionselector import validate_retention_ratio
+from trl import SFTConfig
+
+from .schedule import REG_WEIGHT_SCHEDULES, validate_reg_weight, validate_reg_weight_schedule
+
+
+@dataclass
+class VisionSelectorSFTConfig(SFTConfig):
+    r"""
+    Configuration of [`VisionSelectorSFTTrainer`]: every field of [`~trl.SFTConfig`] plus those below.
+
+    The training loss is `CE + lambda * BCE(soft_mask, hard_mask)`: the language-modelling loss of the frozen backbone
+    fed with visual tokens scaled by the differentiable top-k mask, plus a term that pulls the soft mask towards the
+    hard top-k mask of the same scores. lambda is annealed from `reg_weight_start` to `reg_weight_end` over the run.
+
+    Parameters:
+        train_retention_ratio (`float`, *optional*, defaults to `0.2`):
+            Share of each image's and video's merged visual tokens the differentiable top-k keeps in training, in
+            (0, 1]. Written to the model's `config.train_retention_ratio`.
+        reg_weight_start (`float`, *optional*, defaults to `0.1`):
+            Weight lambda of the mask regularisation at the first step, >= 0.
+        reg_weight_end (`float`, *optional*, defaults to `2.0`):
+            Weight lambda of the mask regularisation at the last step, >= 0.
+        reg_weight_schedule (`str`, *optional*, defaults to `"linear"`):
+            How lambda moves from start to end: `"linear"` or `"cosine"`.
+        save_scorer_only_checkpoints (`bool`, *optional*, defaults to `True`):
+            Whether intermediate checkpoints hold only the scorer weights (with the optimizer, scheduler, RNG and
+            trainer states), not a copy of the frozen backbone. `save_model` always writes the full model.
+
+    > [!NOTE]
+    > These parameters have default values different from [`~trl.SFTConfig`], following the paper:
+    > - `learning_rate`: `5e-5` instead of `2e-5`.
+    > - `lr_scheduler_type`: `"cosine"` instead of `"linear"`.
+    > - `warmup_steps`: `0.03` (3% of the steps) instead of `0`.
+    > - `max_length`: `None` instead of `1024`: truncation would cut image placeholder tokens.
+    """
+
+    # Parameters whose default values are overridden from SFTConfig
+    learning_rate: float = field(default=5e-5, metadata={"help": "The initial learning rate for AdamW."})
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": "The learning rate scheduler type. See `SchedulerType` for all values."}
+    )
+    warmup_steps: float = field(
+        default=0.03,
+        metadata={
+            "help": "Number of steps of linear warmup from 0 to `learning_rate`: an integer (steps) or a float in "
+            "[0, 1) (share of the total steps)."
+        },
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of AdamW."})
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Maximum length of the tokenized sequence. `None` (the default) applies no truncation; a length "
+            "that cuts image placeholder tokens raises an error."
+        },
+    )
+
+    # Parameters of the scorer training
+    train_retention_ratio: float = field(
+        default=0.2,
+        metadata={
+            "help": "Share of each image's and video's merged visual tokens the differentiable top-k keeps in "
+            "training, in (0, 1]."
+        },
+    )
+    reg_weight_start: float = field(
+        default=0.1, metadata={"help": "Weight lambda of the mask regularisation BCE(soft, hard) at the first step."}
+    )
+    reg_weight_end: float = field(
+        default=2.0, metadata={"help": "Weight lambda of the mask regularisation BCE(soft, hard) at the last step."}
+    )
+    reg_weight_schedule: str = field(
+        default="linear",
+        metadata={"help": "How lambda moves from start to end over the run.", "choices": list(REG_WEIGHT_SCHEDULES)},
+    )
+    save_scorer_only_checkpoints: bool = field(
+        default=True,
+        metadata={
+            "help": "Whether intermediate checkpoints hold only the scorer weights (plus optimizer, scheduler, RNG "
+            "and trainer states) instead of a copy of the frozen backbone. `save_model` always writes the full model."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.train_retention_ratio = validate_retention_ratio(self.train_retention_ratio, "train_retention_ratio")
+        self.reg_weight_start = validate_reg_weight(self.reg_weight_start, "reg_weight_start")
+        self.reg_weight_end = validate_reg_weight(self.reg_weight_end, "reg_weight_end")
+        self.reg_weight_schedule = validate_reg_weight_schedule(self.reg_weight_schedule)
+
+
+__all__ = ["VisionSelectorSFTConfig"]
