@@ -567,6 +567,11 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         return outputs
 
 
+# `save_pretrained` then copies this file and its relative imports next to the weights (the config's auto_map
+# names every auto class), so that `AutoModel.from_pretrained(folder, trust_remote_code=True)` finds the code.
+VisionSelectorForConditionalGeneration.register_for_auto_class("AutoModel")
+
+
 def _check_empty_cache(past_key_values):
     if past_key_values is not None and past_key_values.get_seq_length() > 0:
         raise ValueError(

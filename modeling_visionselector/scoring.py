@@ -59,17 +59,18 @@ class VisionSelectorScorer(nn.Module):
             lengths (`list[int]`): tokens per item; they sum to N.
 
         Returns:
-            `torch.Tensor` of shape `(N,)`, float32: the score of every token.
+            `torch.Tensor` of shape `(N,)`, float32 (float64 for float64 features): the score of every token.
         """
         if sum(lengths) != features.shape[0]:
             raise ValueError(f"Item lengths {lengths} sum to {sum(lengths)}, but {features.shape[0]} features were given.")
         item = segment_ids(lengths, device=features.device)  # (N,)
-        counts = torch.as_tensor(lengths, device=features.device, dtype=torch.float32)[:, None]
-        # Per-item mean token, accumulated in float32 so that 16k bf16 tokens average without drift.
-        mean_tokens = torch.zeros(len(lengths), features.shape[-1], device=features.device, dtype=torch.float32)
-        mean_tokens = mean_tokens.index_add(0, item, features.float()) / counts  # (items, D)
-        mean_keys = self.k_proj(mean_tokens.to(features.dtype)).float()  # (items, h)
-        queries = self.q_proj(features).float()  # (N, h)
+        # Per-item mean token, accumulated in at least float32 so that 16k bf16 tokens average without drift.
+        accumulate = torch.promote_types(features.dtype, torch.float32)
+        counts = torch.as_tensor(lengths, device=features.device, dtype=accumulate)[:, None]
+        mean_tokens = torch.zeros(len(lengths), features.shape[-1], device=features.device, dtype=accumulate)
+        mean_tokens = mean_tokens.index_add(0, item, features.to(accumulate)) / counts  # (items, D)
+        mean_keys = self.k_proj(mean_tokens.to(features.dtype)).to(accumulate)  # (items, h)
+        queries = self.q_proj(features).to(accumulate)  # (N, h)
         return (queries * mean_keys[item]).sum(-1) / math.sqrt(self.hidden_size)  # (N,)
 
 

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny random Qwen2.5-VL backbones, an offline processor, and input builders.
+
+Set before transformers is imported: no network, and remote code cached in a temporary folder.
+"""
+
+import os
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="visionselector-hf-home-"))
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="visionselector-hf-modules-"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def processor():
+    return tiny_processor(min_pixels=28 * 28, max_pixels=112 * 112)
+
+
+@pytest.fixture(scope="session")
+def stock_model():
+    """A tiny random stock Qwen2.5-VL (sdpa). Tests must not change its weights."""
+    return tiny_qwen2_5_vl(seed=0)
+
+
+@pytest.fixture(scope="session")
+def model(stock_model):
+    """A VisionSelector sharing `stock_model`'s tensors, with a random scorer (seeded)."""
+    from modeling_visionselector import VisionSelectorForConditionalGeneration
+
+    torch.manual_seed(1)
+    return VisionSelectorForConditionalGeneration.from_backbone(stock_model).eval()
+
+
+def random_image(rng: np.random.Generator, height: int, width: int) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def random_video(rng: np.random.Generator, frames: int, height: int, width: int) -> np.ndarray:
+    return rng.integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
+WORDS = "what is the colour of square describe image video left right top bottom".split()
+
+
+def build_inputs(processor, samples, padding_side="left", seed=0):
+    """Processor inputs for a batch.
+
+    `samples` is a list of samples, each a list of visual items: ("image", height, width) or
+    ("video", frames, height, width); every sample gets a random short question after its items.
+    """
+    rng = np.random.default_rng(seed)
+    texts, images, videos = [], [], []
+    for items in samples:
+        content = []
+        for kind, *size in items:
+            content.append({"type": kind})
+            (images if kind == "image" else videos).append(
+                random_image(rng, *size) if kind == "image" else random_video(rng, *size)
+            )
+        question = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 6))))
+        content.append({"type": "text", "text": question})
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True))
+    processor.tokenizer.padding_side = padding_side
+    try:
+        return processor(
+            text=texts,
+            images=images or None,
+            videos=videos or None,
+            return_tensors="pt",
+            padding=True,
+        )
+    finally:
+        processor.tokenizer.padding_side = "left"
+
+
+@pytest.fixture
+def make_inputs(processor):
+    def make(samples, padding_side="left", seed=0):
+        return build_inputs(processor, samples, padding_side, seed)
+
+    return make

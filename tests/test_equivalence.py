@@ -1,0 +1,203 @@
+"""Pruned inference against the stock Qwen2.5-VL: the oracle on the kept tokens, batch vs alone, ratio 1.0."""
+
+import pytest
+import torch
+
+from modeling_visionselector import VisionSelectorForConditionalGeneration, num_kept_tokens
+from oracle import greedy_tokens, prefill_logits, pruned_embeddings, split_kept_indices, unbatch
+from visionselector.tiny import tiny_qwen2_5_vl
+
+SCENARIOS = {
+    "images_of_different_sizes": [[("image", 56, 84)], [("image", 112, 56)], [("image", 28, 28)]],
+    "several_images_per_sample": [[("image", 56, 56), ("image", 84, 56)], [("image", 112, 112)]],
+    "video": [[("video", 4, 56, 56)], [("video", 2, 84, 56)]],
+    "video_and_images": [[("image", 56, 84), ("video", 4, 56, 84)], [("video", 4, 56, 56), ("image", 28, 56)]],
+    "a_sample_without_images": [[("image", 84, 84)], []],
+}
+RATIOS = [0.1, 0.37, 1.0]
+MAX_NEW_TOKENS = 5
+
+
+def new_tokens(sequences, prompt_length, eos_token_id):
+    """Generated tokens of each row, cut after the first eos (generate pads finished rows)."""
+    rows = []
+    for row in sequences[:, prompt_length:].tolist():
+        rows.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)
+    return rows
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_prefill_matches_stock_oracle_on_kept_tokens(model, stock_model, make_inputs, scenario, ratio, padding_side):
+    inputs = make_inputs(SCENARIOS[scenario], padding_side=padding_side)
+    with torch.no_grad():
+        out = model(**inputs, retention_ratio=ratio)
+    per_sample_kept = split_kept_indices(inputs, model.config, out.kept_indices)
+    for row, (sample, kept) in enumerate(zip(unbatch(inputs, model.config), per_sample_kept)):
+        embeds, positions = pruned_embeddings(stock_model, sample, kept)
+        expected = prefill_logits(stock_model, embeds, positions)[0]
+        ours = out.logits[row][out.attention_mask[row].bool()]
+        assert ours.shape == expected.shape
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_greedy_generation_matches_stock_oracle(model, stock_model, make_inputs, scenario, ratio):
+    inputs = make_inputs(SCENARIOS[scenario])
+    selection = model.select_visual_tokens(
+        inputs.get("pixel_values"),
+        inputs.get("image_grid_thw"),
+        inputs.get("pixel_values_videos"),
+        inputs.get("video_grid_thw"),
+        retention_ratio=ratio,
+    )
+    out = model.generate(**inputs, retention_ratio=ratio, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+    eos = model.generation_config.eos_token_id
+    generated = new_tokens(out, inputs["input_ids"].shape[1], eos)
+    per_sample_kept = split_kept_indices(inputs, model.config, selection.kept_indices)
+    for row, (sample, kept) in enumerate(zip(unbatch(inputs, model.config), per_sample_kept)):
+        embeds, positions = pruned_embeddings(stock_model, sample, kept)
+        assert generated[row] == greedy_tokens(stock_model, embeds, positions, MAX_NEW_TOKENS)
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.6])
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_each_row_of_a_padded_batch_generates_what_it_generates_alone(model, make_inputs, scenario, ratio):
+    inputs = make_inputs(SCENARIOS[scenario])
+    out = model.generate(**inputs, retention_ratio=ratio, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    eos = model.generation_config.eos_token_id
+    batched = new_tokens(out, inputs["input_ids"].shape[1], eos)
+    for row, sample in enumerate(unbatch(inputs, model.config)):
+        alone = model.generate(**sample, retention_ratio=ratio, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        assert batched[row] == new_tokens(alone, sample["input_ids"].shape[1], eos)[0]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_item_keeps_max_1_int_r_n_tokens_and_all_text(model, make_inputs, scenario):
+    inputs = make_inputs(SCENARIOS[scenario])
+    ratio = 0.3
+    with torch.no_grad():
+        out = model(**inputs, retention_ratio=ratio)
+    grids = [g for key in ("image_grid_thw", "video_grid_thw") if inputs.get(key) is not None for g in inputs[key]]
+    for kept, grid in zip(out.kept_indices, grids):
+        n = int(grid.prod()) // 4
+        assert len(kept) == num_kept_tokens(n, ratio) == max(1, int(ratio * n))
+        assert torch.equal(kept, kept.unique())  # distinct, ascending
+        assert 0 <= int(kept.min()) and int(kept.max()) < n
+    visual = (inputs["input_ids"] == model.config.image_token_id) | (inputs["input_ids"] == model.config.video_token_id)
+    text_per_row = ((inputs["attention_mask"] == 1) & ~visual).sum(1)
+    assert int(out.attention_mask.sum()) == int(text_per_row.sum()) + sum(len(k) for k in out.kept_indices)
+
+
+GENERATION_MODES = {
+    "greedy": dict(do_sample=False),
+    "sampling": dict(do_sample=True, top_k=20, temperature=1.3),
+    "beam_search": dict(do_sample=False, num_beams=3),
+    "num_return_sequences": dict(do_sample=True, num_return_sequences=3),
+    "beam_search_return_2": dict(do_sample=False, num_beams=3, num_return_sequences=2),
+    "no_cache": dict(do_sample=False, use_cache=False),
+}
+
+
+@pytest.mark.parametrize("mode", GENERATION_MODES)
+@pytest.mark.parametrize("scenario", ["images_of_different_sizes", "video_and_images"])
+def test_ratio_one_is_token_for_token_the_stock_model(model, stock_model, make_inputs, scenario, mode):
+    inputs = make_inputs(SCENARIOS[scenario])
+    kwargs = dict(max_new_tokens=MAX_NEW_TOKENS, **GENERATION_MODES[mode])
+    torch.manual_seed(0)
+    expected = stock_model.generate(**inputs, **kwargs)
+    torch.manual_seed(0)
+    ours = model.generate(**inputs, retention_ratio=1.0, **kwargs)
+    assert torch.equal(ours, expected)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_ratio_one_forward_equals_stock_logits(model, stock_model, make_inputs, padding_side):
+    inputs = make_inputs(SCENARIOS["video_and_images"], padding_side=padding_side)
+    with torch.no_grad():
+        expected = stock_model(**inputs).logits
+        ours = model(**inputs, retention_ratio=1.0)
+    assert torch.equal(ours.attention_mask, inputs["attention_mask"])
+    torch.testing.assert_close(ours.logits, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["beam_search", "num_return_sequences", "sampling"])
+def test_pruned_generation_modes_match_stock_generate_on_the_oracle_prompt(model, stock_model, make_inputs, mode):
+    """Beam search and sampling on the pruned prompt equal the stock loop run on the oracle's embeddings."""
+    inputs = make_inputs(SCENARIOS["several_images_per_sample"])
+    ratio = 0.3
+    kwargs = dict(max_new_tokens=MAX_NEW_TOKENS, **GENERATION_MODES[mode])
+    with torch.no_grad():
+        kept = model(**inputs, retention_ratio=ratio).kept_indices
+    eos = model.generation_config.eos_token_id
+    for sample, sample_kept in zip(unbatch(inputs, model.config), split_kept_indices(inputs, model.config, kept)):
+        embeds, positions = pruned_embeddings(stock_model, sample, sample_kept)
+        text_positions = torch.arange(embeds.shape[1])[None, None]
+        torch.manual_seed(0)
+        expected = stock_model.generate(
+            inputs_embeds=embeds, position_ids=torch.cat([text_positions, positions]), **kwargs
+        )
+        torch.manual_seed(0)
+        ours = model.generate(**sample, retention_ratio=ratio, **kwargs)
+        assert new_tokens(ours, sample["input_ids"].shape[1], eos) == new_tokens(expected, 0, eos)
+
+
+def test_no_cache_and_chunked_prefill_equal_the_cached_generation(model, make_inputs):
+    inputs = make_inputs(SCENARIOS["video_and_images"])
+    kwargs = dict(retention_ratio=0.3, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    cached = model.generate(**inputs, **kwargs)
+    assert torch.equal(model.generate(**inputs, use_cache=False, **kwargs), cached)
+    assert torch.equal(model.generate(**inputs, prefill_chunk_size=5, **kwargs), cached)
+
+
+def test_max_length_counts_the_original_prompt(model, make_inputs):
+    inputs = make_inputs(SCENARIOS["images_of_different_sizes"])
+    prompt = inputs["input_ids"].shape[1]
+    out = model.generate(**inputs, retention_ratio=0.2, max_length=prompt + 3, min_length=prompt + 3, do_sample=False)
+    assert out.shape[1] == prompt + 3
+
+
+def test_generate_output_dict_sequences_start_with_the_caller_prompt(model, make_inputs):
+    inputs = make_inputs(SCENARIOS["several_images_per_sample"])
+    out = model.generate(
+        **inputs, retention_ratio=0.3, max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_scores=True
+    )
+    prompt = inputs["input_ids"].shape[1]
+    assert torch.equal(out.sequences[:, :prompt], inputs["input_ids"])
+    assert len(out.scores) == out.sequences.shape[1] - prompt
+
+
+def test_sdpa_equals_eager(make_inputs):
+    torch.manual_seed(3)
+    sdpa = VisionSelectorForConditionalGeneration.from_backbone(tiny_qwen2_5_vl(seed=5)).eval()
+    eager = VisionSelectorForConditionalGeneration.from_backbone(tiny_qwen2_5_vl(seed=5, attn_implementation="eager"))
+    eager.scorer.load_state_dict(sdpa.scorer.state_dict())
+    eager.eval()
+    assert eager.config._attn_implementation == "eager"
+    inputs = make_inputs(SCENARIOS["video_and_images"])
+    with torch.no_grad():
+        a, b = sdpa(**inputs, retention_ratio=0.3), eager(**inputs, retention_ratio=0.3)
+    mask = a.attention_mask.bool()
+    torch.testing.assert_close(a.logits[mask], b.logits[mask], atol=1e-5, rtol=1e-4)
+    kwargs = dict(retention_ratio=0.3, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    assert torch.equal(sdpa.generate(**inputs, **kwargs), eager.generate(**inputs, **kwargs))
+
+
+def test_generate_sets_rope_deltas_so_a_manual_decode_step_continues_correctly(model, stock_model, make_inputs):
+    """After a pruned prefill, a decode step with no position_ids uses the pruned rope deltas.
+
+    (Without an attention mask: the stock decode step with a mask and no position_ids fails in stock 5.23 too.)
+    """
+    inputs = make_inputs([[("image", 84, 56)]])
+    with torch.no_grad():
+        out = model(**inputs, retention_ratio=0.25, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)
+        step = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+    (sample,) = unbatch(inputs, model.config)
+    embeds, positions = pruned_embeddings(stock_model, sample, out.kept_indices)
+    embeds = torch.cat([embeds, stock_model.get_input_embeddings()(token)], dim=1)
+    positions = torch.cat([positions, positions[:, :, -1:] + 1], dim=2)
+    torch.testing.assert_close(step.logits[0, -1], prefill_logits(stock_model, embeds, positions)[0, -1], atol=1e-5, rtol=1e-4)
