@@ -29,6 +29,7 @@ annealing of lambda continues from the checkpoint's step. The script also runs a
 
 from __future__ import annotations
 
+import argparse
 import os
 
 from visionselector_training import VisionSelectorSFTConfig, VisionSelectorSFTTrainer, load_visionselector
@@ -106,7 +107,11 @@ def main(script_args, training_args: VisionSelectorSFTConfig, model_args) -> Vis
 def make_parser():
     from trl import ModelConfig, ScriptArguments, TrlParser
 
-    return TrlParser((ScriptArguments, VisionSelectorSFTConfig, ModelConfig))
+    return TrlParser(
+        (ScriptArguments, VisionSelectorSFTConfig, ModelConfig),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def cli(argv: list[str] | None = None) -> VisionSelectorSFTTrainer:

@@ -99,6 +99,12 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             dict_args["hub_token"] = args.hub_token  # to_dict hides the hub_token
             args = VisionSelectorSFTConfig(**dict_args)
 
+        if args.loss_type != "nll" or args.label_smoothing_factor > 0 or kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "VisionSelectorSFTTrainer's loss is the model's cross-entropy plus the mask regularisation; got "
+                f"loss_type={args.loss_type!r}, label_smoothing_factor={args.label_smoothing_factor!r} and "
+                f"compute_loss_func={kwargs.get('compute_loss_func')!r}, expected 'nll', 0 and None."
+            )
         if isinstance(model, str):
             model = load_visionselector(model, **(args.model_init_kwargs or {}))
             args.model_init_kwargs = None  # used here; SFTTrainer would warn that a loaded model ignores them

@@ -1,0 +1,302 @@
+"""Scorer training with `VisionSelectorSFTTrainer` and the `visionselector_training.train` script, on tiny models (CPU)."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+import yaml
+from datasets import Dataset
+from PIL import Image
+
+from modeling_visionselector import VisionSelectorForConditionalGeneration
+from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl
+from visionselector_training import (
+    SCORER_CHECKPOINT_NAME,
+    VisionSelectorSFTConfig,
+    VisionSelectorSFTTrainer,
+    mask_hard_distance,
+    mask_regularization,
+    mask_sharpness,
+)
+from visionselector_training.tiny_assets import write_image_dataset, write_tiny_backbone
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The score of token i is q_i . k_mean; the query bias adds b_q . k_mean to every score of an item, a per-item
+# constant that the top-k threshold absorbs, so its gradient is zero (up to rounding) by construction.
+SHIFT_INVARIANT = {"scorer.q_proj.bias"}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    """Noise images (so the merged tokens differ) with a short question and answer, in TRL's vision format."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, answer in enumerate(["red", "green", "blue", "yellow"] * 3):
+        image = Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
+        messages = [
+            {"role": "user", "content": "what is the colour of the square"},
+            {"role": "assistant", "content": answer},
+        ]
+        rows.append({"images": [image], "messages": messages})
+    return Dataset.from_list(rows)
+
+
+def make_args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        max_steps=4,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return VisionSelectorSFTConfig(**values)
+
+
+def make_trainer(tmp_path, dataset, **overrides):
+    return VisionSelectorSFTTrainer(
+        tiny_qwen2_5_vl(), args=make_args(tmp_path, **overrides), train_dataset=dataset, processing_class=tiny_processor()
+    )
+
+
+def first_batch(trainer):
+    return trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_defaults_follow_the_paper(tmp_path):
+    args = make_args(tmp_path)
+    assert args.learning_rate == 5e-5
+    assert args.lr_scheduler_type == "cosine"
+    assert args.warmup_steps == 0.03
+    assert args.weight_decay == 0.0
+    assert args.train_retention_ratio == 0.2
+    assert (args.reg_weight_start, args.reg_weight_end, args.reg_weight_schedule) == (0.1, 2.0, "linear")
+    assert args.max_length is None
+    own = {f.name for f in dataclasses.fields(VisionSelectorSFTConfig)} - {
+        f.name for f in dataclasses.fields(VisionSelectorSFTConfig.__mro__[1])
+    }
+    assert own == {
+        "train_retention_ratio", "reg_weight_start", "reg_weight_end", "reg_weight_schedule", "save_scorer_only_checkpoints"
+    }
+    for field in dataclasses.fields(VisionSelectorSFTConfig):
+        if field.name in own | {"learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_length"}:
+            assert field.metadata.get("help"), field.name
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train_retention_ratio": 0.0}, r"train_retention_ratio.*\(0, 1\].*0\.0"),
+        ({"train_retention_ratio": 1.5}, r"train_retention_ratio.*\(0, 1\].*1\.5"),
+        ({"reg_weight_start": -0.1}, r"reg_weight_start.*>= 0.*-0\.1"),
+        ({"reg_weight_end": float("inf")}, r"reg_weight_end.*>= 0.*inf"),
+        ({"reg_weight_schedule": "exp"}, r"reg_weight_schedule.*linear.*cosine.*'exp'"),
+    ],
+)
+def test_config_rejects_bad_values(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+# ---------------------------------------------------------------- loss terms
+
+
+def test_mask_terms():
+    soft = torch.tensor([0.9, 0.2, 0.6, 0.05], requires_grad=True)
+    hard = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    torch.testing.assert_close(mask_regularization(soft, hard), F.binary_cross_entropy(soft, hard))
+    mask_regularization(soft, hard).backward()
+    assert (soft.grad[hard == 1] < 0).all() and (soft.grad[hard == 0] > 0).all()  # pulled towards the hard mask
+    assert mask_regularization(hard, hard).item() == 0.0
+    assert mask_sharpness(torch.full((8,), 0.5)).item() == 0.0
+    assert mask_sharpness(hard).item() == 1.0
+    assert mask_hard_distance(hard, hard).item() == 0.0
+    assert mask_hard_distance(soft, hard).item() == pytest.approx((0.1 + 0.2 + 0.4 + 0.05) / 4)
+    with pytest.raises(ValueError, match="shape"):
+        mask_regularization(soft, hard[:3])
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def test_trainer_freezes_everything_but_the_scorer(tmp_path, dataset):
+    trainer = make_trainer(tmp_path, dataset)
+    assert isinstance(trainer.model, VisionSelectorForConditionalGeneration)  # the stock backbone was wrapped
+    trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, _ in trainer.model.named_parameters() if name.startswith("scorer.")}
+    assert trainer.num_trainable_parameters == sum(p.numel() for p in trainer.model.scorer.parameters())
+    assert trainer.model.config.train_retention_ratio == 0.2
+    with pytest.raises(ValueError, match="peft_config"):
+        VisionSelectorSFTTrainer(
+            tiny_qwen2_5_vl(), args=make_args(tmp_path), train_dataset=dataset, processing_class=tiny_processor(),
+            peft_config=object(),
+        )
+
+
+def test_one_backward_reaches_every_scorer_parameter(tmp_path, dataset):
+    trainer = make_trainer(tmp_path, dataset)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, first_batch(trainer))
+    loss.backward()
+    for name, parameter in trainer.model.named_parameters():
+        if not name.startswith("scorer."):
+            assert parameter.grad is None, name
+        elif name in SHIFT_INVARIANT:
+            reference = trainer.model.scorer.k_proj.bias.grad.abs().max()
+            assert parameter.grad.abs().max() < 1e-4 * reference, name
+        else:
+            assert torch.isfinite(parameter.grad).all(), name
+            assert (parameter.grad != 0).any() and parameter.grad.abs().max() > 1e-10, name
+
+
+def test_labels_at_vision_tokens_are_ignored(tmp_path, dataset):
+    trainer = make_trainer(tmp_path, dataset, reg_weight_start=0.0, reg_weight_end=0.0)
+    model = trainer.model.train()
+    batch = first_batch(trainer)
+    config = model.config
+    vision = torch.isin(
+        batch["input_ids"],
+        torch.tensor([config.image_token_id, config.vision_start_token_id, config.vision_end_token_id]),
+    )
+    assert (batch["labels"][vision] != -100).all()  # TRL's collator keeps them ...
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))  # ... the trainer does not
+        expected = model(**{**batch, "labels": batch["labels"].masked_fill(vision, -100)}).loss
+        unmasked = model(**batch).loss
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, unmasked)
+
+
+def test_training_changes_only_the_scorer(tmp_path, dataset):
+    trainer = make_trainer(tmp_path, dataset, learning_rate=1e-3, warmup_steps=0)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    for name, parameter in trainer.model.named_parameters():
+        if name.startswith("scorer.") and name not in SHIFT_INVARIANT:
+            assert not torch.equal(parameter, before[name]), f"{name} did not change"
+        elif not name.startswith("scorer."):
+            assert torch.equal(parameter, before[name]), f"{name} changed"
+    logs = [entry for entry in trainer.state.log_history if "reg_weight" in entry]
+    assert len(logs) == 4
+    for entry in logs:
+        for key in ("loss", "ce_loss", "reg_loss", "mask_sharpness", "mask_hard_distance"):
+            assert np.isfinite(entry[key]), key
+        assert 0.0 <= entry["mask_sharpness"] <= 1.0
+        assert entry["loss"] == pytest.approx(entry["ce_loss"] + entry["reg_weight"] * entry["reg_loss"], rel=1e-5)
+    weights = [entry["reg_weight"] for entry in logs]
+    assert weights[0] == pytest.approx(0.1)
+    assert all(b > a for a, b in zip(weights, weights[1:]))
+    assert weights == pytest.approx([0.1 + 1.9 * step / 4 for step in range(4)])
+
+
+def test_scorer_checkpoint_must_match(tmp_path, dataset):
+    trainer = make_trainer(tmp_path, dataset)
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    safetensors.torch.save_file({"scorer.q_proj.weight": torch.zeros(3, 3)}, str(checkpoint / SCORER_CHECKPOINT_NAME))
+    with pytest.raises(ValueError, match="missing.*k_proj"):
+        trainer._load_from_checkpoint(str(checkpoint))
+
+
+# ---------------------------------------------------------------- script
+
+
+def _scorer(path):
+    return safetensors.torch.load_file(os.path.join(path, SCORER_CHECKPOINT_NAME))
+
+
+def test_script_trains_saves_and_resumes(tmp_path):
+    write_tiny_backbone(str(tmp_path / "backbone"))
+    data = write_image_dataset(str(tmp_path / "data"), num_examples=8)
+    output_dir = tmp_path / "run"
+    config = {
+        "model_name_or_path": str(tmp_path / "backbone"),
+        "dataset_name": data,
+        "output_dir": str(output_dir),
+        "use_cpu": True,
+        "bf16": False,
+        "max_steps": 3,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_steps": 2,
+        "report_to": "none",
+        "seed": 0,
+        "disable_tqdm": True,
+        "train_retention_ratio": 0.25,
+    }
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "visionselector_training.train", "--config", str(config_path)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # Intermediate checkpoints hold the scorer and the trainer state, not the backbone.
+    checkpoint = output_dir / "checkpoint-2"
+    assert (checkpoint / SCORER_CHECKPOINT_NAME).is_file() and (checkpoint / "optimizer.pt").is_file()
+    assert not (checkpoint / "model.safetensors").exists()
+    assert set(_scorer(checkpoint)) == {"scorer.q_proj.weight", "scorer.q_proj.bias", "scorer.k_proj.weight", "scorer.k_proj.bias"}
+
+    # The final save is a full model whose scorer is the trained one.
+    trained = VisionSelectorForConditionalGeneration.from_pretrained(output_dir)
+    assert trained.config.train_retention_ratio == 0.25
+    final_scorer = _scorer(output_dir / "checkpoint-3")
+    for name, tensor in final_scorer.items():
+        torch.testing.assert_close(trained.state_dict()[name], tensor, rtol=0, atol=0)
+    stock = tiny_qwen2_5_vl()
+    torch.testing.assert_close(
+        trained.model.language_model.layers[0].mlp.up_proj.weight, stock.model.language_model.layers[0].mlp.up_proj.weight
+    )
+    assert not torch.equal(trained.scorer.k_proj.weight, _scorer(checkpoint)["scorer.k_proj.weight"])
+
+    # Resuming from step 2 replays step 3 exactly: the scorer is loaded back and lambda continues its schedule.
+    from transformers.trainer_callback import TrainerState
+
+    from visionselector_training.train import cli
+
+    first_run = TrainerState.load_from_json(str(output_dir / "checkpoint-3" / "trainer_state.json")).log_history
+    resumed = cli(
+        ["--config", str(config_path), "--resume_from_checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "resumed")]
+    )
+    step3 = [entry for entry in resumed.state.log_history if entry.get("step") == 3 and "reg_weight" in entry]
+    expected = [entry for entry in first_run if entry.get("step") == 3 and "reg_weight" in entry]
+    assert step3[0]["reg_weight"] == pytest.approx(0.1 + 1.9 * 2 / 3)
+    assert step3[0]["reg_weight"] == pytest.approx(expected[0]["reg_weight"])
+    assert step3[0]["ce_loss"] == pytest.approx(expected[0]["ce_loss"])
+    for name, tensor in final_scorer.items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor)
+
+
+def test_script_runs_from_the_folder(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "training", "train.py"), "--help"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for option in ("--train_retention_ratio", "--reg_weight_start", "--reg_weight_end", "--reg_weight_schedule",
+                   "--model_name_or_path", "--dataset_name", "--config"):
+        assert option in result.stdout
