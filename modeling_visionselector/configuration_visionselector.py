@@ -43,6 +43,10 @@ class VisionSelectorConfig(Qwen2_5_VLConfig):
             Hub id or path of the backbone the scorer was trained on. A scorer-only checkpoint is assembled from it.
         base_model_revision (`str`, *optional*):
             Revision (branch, tag or commit) of `base_model_name_or_path`.
+        scorer_only (`bool`, *optional*, defaults to `False`):
+            Marks the configuration of a scorer-only artifact (written by `save_scorer`): its folder holds the scorer
+            weights in `scorer.safetensors` and no backbone, so `from_pretrained` loads the backbone from
+            `base_model_name_or_path`. The configuration of a loaded model has it `False`.
     """
 
     model_type = "visionselector_qwen2_5_vl"
@@ -53,6 +57,7 @@ class VisionSelectorConfig(Qwen2_5_VLConfig):
     scorer_init_std: float = 0.02
     base_model_name_or_path: str | None = None
     base_model_revision: str | None = None
+    scorer_only: bool = False
 
     def __post_init__(self, **kwargs):
         kwargs.pop("model_type", None)  # a backbone's `to_dict()` says "qwen2_5_vl"; this class has its own
@@ -66,6 +71,8 @@ class VisionSelectorConfig(Qwen2_5_VLConfig):
         std = self.scorer_init_std
         if isinstance(std, bool) or not isinstance(std, numbers.Real) or math.isnan(std) or std < 0:
             raise ValueError(f"`scorer_init_std` must be a number >= 0, got {std!r}.")
+        if self.scorer_only and not self.base_model_name_or_path:
+            raise ValueError("A scorer-only configuration (`scorer_only=True`) needs `base_model_name_or_path`.")
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(AUTO_MAP)
 

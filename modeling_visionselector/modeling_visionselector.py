@@ -13,15 +13,18 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from safetensors.torch import load_file
 from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.configuration_utils import PreTrainedConfig
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
 )
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils import ModelOutput, can_return_tuple, cached_file, logging
 
 from .compression import batch_padding_side, compress_batch, placeholder_keep_mask
 from .configuration_visionselector import VisionSelectorConfig
@@ -39,11 +42,21 @@ logger = logging.get_logger(__name__)
 # A remote-code class is not under `transformers.`, so the checkpoint renaming rules of Qwen2.5-VL (on disk:
 # `visual.*`, `model.layers.*`; in memory: `model.visual.*`, `model.language_model.*`) must be registered for it
 # by name, or a stock checkpoint would load with the language model left at random.
+# The paper's released checkpoints (transformers 4.5x) keep the scorer in the vision tower, at
+# `visual.importance_scorer.*`; that rule comes first, or `^visual` -> `model.visual` would take it. On save the
+# rules are reversed and a reversed rule renames to its first source: `^scorer` is listed first so that our own
+# checkpoints always keep the scorer at `scorer.*`, however the model was built or loaded.
 register_checkpoint_conversion_mapping(
     "VisionSelectorForConditionalGeneration",
-    get_checkpoint_conversion_mapping("Qwen2_5_VLForConditionalGeneration"),
+    [WeightRenaming(source_patterns=["^scorer", "^visual.importance_scorer"], target_patterns="scorer")]
+    + get_checkpoint_conversion_mapping("Qwen2_5_VLForConditionalGeneration"),
     overwrite=True,
 )
+
+# A scorer-only artifact (see `hub_utils.save_scorer`): its scorer tensors, named as in `state_dict()`.
+SCORER_WEIGHTS_NAME = "scorer.safetensors"
+# The `from_pretrained` arguments that say where the artifact's files are.
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 
 
 @dataclass
@@ -110,6 +123,8 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         super().__init__(config)
         self.scorer = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
         self.post_init()
+        if config.scorer_only:  # the backbone checkpoint has no scorer; `from_pretrained` loads it from the artifact
+            self._keys_to_ignore_on_load_missing.add(r"^scorer\.")
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -183,6 +198,69 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
             model.lm_head.weight = model.model.language_model.embed_tokens.weight
         model.generation_config = copy.deepcopy(backbone.generation_config)
         return model.train(backbone.training)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """[`~PreTrainedModel.from_pretrained`] for full checkpoints, and the assembly of scorer-only artifacts.
+
+        A scorer-only artifact (its config says `scorer_only=True`; see `save_scorer`) holds the scorer in
+        `scorer.safetensors` and no backbone: the backbone is loaded from the config's `base_model_name_or_path` at
+        `base_model_revision`, then the scorer from the artifact. The location arguments (`revision`, `subfolder`,
+        `token`, `cache_dir`, `local_files_only`, ...) find the artifact's files; all but `revision` and
+        `subfolder` apply to the backbone too. The other arguments (`dtype`, `device_map`, ...) load the backbone.
+        """
+        hub_kwargs = {name: kwargs[name] for name in _HUB_KWARGS if name in kwargs}
+        if pretrained_model_name_or_path is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        if not isinstance(config, PreTrainedConfig):
+            stored, _ = cls.config_class.get_config_dict(config or pretrained_model_name_or_path, **hub_kwargs)
+            if not stored.get("scorer_only", False):
+                return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            # As `PreTrainedModel.from_pretrained` does: keyword arguments that are config fields update the config.
+            loading = {name: kwargs.pop(name) for name in ("dtype", "torch_dtype", "quantization_config") if name in kwargs}
+            config, kwargs = cls.config_class.from_pretrained(
+                config or pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs
+            )
+            kwargs.update(loading)
+        elif not getattr(config, "scorer_only", False):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+        scorer_file = cached_file(pretrained_model_name_or_path, SCORER_WEIGHTS_NAME, **hub_kwargs)
+        backbone_kwargs = {
+            name: value for name, value in {**kwargs, **hub_kwargs}.items() if name not in ("revision", "subfolder")
+        }
+        output_loading_info = backbone_kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            config.base_model_name_or_path,
+            *model_args,
+            config=config,
+            revision=config.base_model_revision or "main",
+            output_loading_info=True,
+            **backbone_kwargs,
+        )
+        model._load_scorer_file(scorer_file)
+        model.config.scorer_only = False  # the model is whole now; `save_pretrained` writes a full checkpoint
+        model.config.name_or_path = str(pretrained_model_name_or_path)
+        return (model, loading_info) if output_loading_info else model
+
+    def _load_scorer_file(self, path: str):
+        """Loads a scorer-only safetensors file: exactly the `scorer.*` tensors, with this model's shapes."""
+        tensors = load_file(path)
+        expected = {f"scorer.{name}": value for name, value in self.scorer.state_dict().items()}
+        if set(tensors) != set(expected):
+            raise ValueError(f"{path} must hold exactly the tensors {sorted(expected)}, but holds {sorted(tensors)}.")
+        mismatched = [
+            f"{name}: {tuple(tensors[name].shape)} in the file, {tuple(value.shape)} in the model"
+            for name, value in expected.items()
+            if tensors[name].shape != value.shape
+        ]
+        if mismatched:
+            raise ValueError(
+                f"The scorer in {path} does not fit this backbone (text hidden size {self.config.text_config.hidden_size}, "
+                f"scorer_hidden_size {self.config.scorer_hidden_size}): " + "; ".join(mismatched) + "."
+            )
+        with torch.no_grad():
+            self.scorer.load_state_dict({name.removeprefix("scorer."): value for name, value in tensors.items()})
 
     # ------------------------------------------------------------------ selection
 
