@@ -9,6 +9,7 @@ from .modeling_visionselector import (
     VisionSelectorForConditionalGeneration,
     VisualTokenSelection,
 )
+from .hub_utils import convert_checkpoint_to_scorer, push_scorer_to_hub, save_scorer
 from .scoring import (
     VisionSelectorScorer,
     differentiable_topk,
@@ -23,6 +24,9 @@ __all__ = [
     "VisionSelectorForConditionalGeneration",
     "VisionSelectorCausalLMOutputWithPast",
     "VisualTokenSelection",
+    "convert_checkpoint_to_scorer",
+    "push_scorer_to_hub",
+    "save_scorer",
     "VisionSelectorScorer",
     "differentiable_topk",
     "hard_topk_mask",

@@ -1,0 +1,405 @@
+"""Publishing a VisionSelector as a scorer-only artifact, and importing the paper's released checkpoints.
+
+A scorer-only artifact is a folder (or Hub repo) that points at the official backbone instead of copying it:
+
+- `config.json`: the full [`VisionSelectorConfig`] with `scorer_only=True`, `base_model_name_or_path` (and
+  `base_model_revision`) and an `auto_map` entry for every auto class;
+- the code files (`modeling_visionselector.py` and its sibling imports), for `trust_remote_code`;
+- `scorer.safetensors`: the scorer tensors only, named as in `model.state_dict()` (`scorer.q_proj.weight`, ...);
+- the processor files, when a processor is given;
+- `README.md`: a model card with Hub metadata, usage and, when given, an accuracy-vs-retention table.
+
+`AutoModel.from_pretrained(artifact, trust_remote_code=True)` loads the backbone from `base_model_name_or_path`
+and the scorer from the artifact (see `VisionSelectorForConditionalGeneration.from_pretrained`).
+
+This file is not part of the remote code: nothing in the shipped files imports it.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file, logging
+
+from .configuration_visionselector import AUTO_MAP, VisionSelectorConfig
+from .modeling_visionselector import SCORER_WEIGHTS_NAME, VisionSelectorForConditionalGeneration
+from .scoring import VisionSelectorScorer
+
+logger = logging.get_logger(__name__)
+
+PAPER_URL = "https://arxiv.org/abs/2510.16598"
+DEFAULT_TAGS = ("visionselector", "visual-token-pruning", "qwen2_5_vl", "remote-code")
+ResultsType = Sequence[Mapping[str, object]] | str | os.PathLike | None
+
+
+# ---------------------------------------------------------------------------------------------------- saving
+
+
+def scorer_state_dict(model: VisionSelectorForConditionalGeneration) -> dict[str, torch.Tensor]:
+    """The scorer's tensors, named as in `model.state_dict()` (`scorer.q_proj.weight`, ...), on CPU."""
+    return {
+        name: tensor.detach().to("cpu").contiguous()
+        for name, tensor in model.state_dict().items()
+        if name.startswith("scorer.")
+    }
+
+
+def scorer_only_config(
+    config: VisionSelectorConfig, base_model_name_or_path: str | None = None, base_model_revision: str | None = None
+) -> VisionSelectorConfig:
+    """A copy of `config` that describes a scorer-only artifact of the backbone `base_model_name_or_path`."""
+    config = copy.deepcopy(config)
+    config.base_model_name_or_path = base_model_name_or_path or config.base_model_name_or_path
+    config.base_model_revision = base_model_revision or config.base_model_revision
+    if not config.base_model_name_or_path:
+        raise ValueError(
+            "A scorer-only artifact needs the backbone it was trained on: pass `base_model_name_or_path` (a Hub id "
+            "such as 'Qwen/Qwen2.5-VL-7B-Instruct'), or build the model with `from_backbone(<id>)`."
+        )
+    config.scorer_only = True
+    config.auto_map = dict(AUTO_MAP)  # the code ships with the artifact: plain `module.Class` references
+    config.architectures = [VisionSelectorForConditionalGeneration.__name__]
+    return config
+
+
+def save_scorer(
+    model: VisionSelectorForConditionalGeneration,
+    save_directory: str | os.PathLike,
+    *,
+    processor=None,
+    base_model_name_or_path: str | None = None,
+    base_model_revision: str | None = None,
+    results: ResultsType = None,
+    license: str = "apache-2.0",
+    tags: Sequence[str] = (),
+    repo_id: str | None = None,
+) -> Path:
+    """Writes the scorer-only artifact of `model` to `save_directory` (see the module docstring).
+
+    Args:
+        model ([`VisionSelectorForConditionalGeneration`]): the model whose scorer is published.
+        save_directory (`str` or `os.PathLike`): the folder to write; created if needed.
+        processor (*optional*): a processor to save beside the scorer (recommended: users load it from the same repo).
+        base_model_name_or_path (`str`, *optional*, defaults to `model.config.base_model_name_or_path`):
+            Hub id of the backbone the scorer was trained on; the artifact loads it from there.
+        base_model_revision (`str`, *optional*, defaults to `model.config.base_model_revision`): its revision.
+        results (*optional*): an accuracy-vs-retention table for the model card: a list of rows (mappings from
+            column name to value), or a `.json` (such a list, or an object with a `"results"` list), `.csv` or
+            `.md` file.
+        license (`str`, *optional*, defaults to `"apache-2.0"`): the licence of the scorer, for the card metadata.
+            The backbone keeps its own licence.
+        tags (`Sequence[str]`, *optional*): extra Hub tags.
+        repo_id (`str`, *optional*): the repo the artifact is meant for, used in the card's usage snippet.
+
+    Returns:
+        `Path`: `save_directory`.
+    """
+    config = scorer_only_config(model.config, base_model_name_or_path, base_model_revision)
+    config.dtype = str(model.dtype).removeprefix("torch.")  # the dtype `dtype="auto"` loads the backbone in
+    return _write_scorer_artifact(
+        save_directory, config, scorer_state_dict(model), type(model), processor, results, license, tags, repo_id
+    )
+
+
+def _write_scorer_artifact(
+    save_directory, config, tensors, model_class, processor, results, license, tags, repo_id
+) -> Path:
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    check_scorer_tensors(tensors, config, source="the scorer")
+    custom_object_save(model_class, folder)  # the modeling file and its relative imports, flat
+    config.save_pretrained(folder)
+    save_file(tensors, folder / SCORER_WEIGHTS_NAME, metadata={"format": "pt"})
+    if processor is not None:
+        processor.save_pretrained(folder)
+    card = scorer_model_card(
+        config,
+        repo_id=repo_id or folder.resolve().name,
+        scorer_bytes=(folder / SCORER_WEIGHTS_NAME).stat().st_size,
+        has_processor=processor is not None,
+        results=results,
+        license=license,
+        tags=tags,
+    )
+    card.save(folder / "README.md")
+    return folder
+
+
+def check_scorer_tensors(tensors: Mapping[str, torch.Tensor], config: VisionSelectorConfig, source: str) -> None:
+    """Raises a `ValueError` unless `tensors` are exactly the `scorer.*` tensors of a model with `config`."""
+    with torch.device("meta"):
+        reference = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
+    expected = {f"scorer.{name}": value.shape for name, value in reference.state_dict().items()}
+    if set(tensors) != set(expected):
+        raise ValueError(f"{source} must hold exactly the tensors {sorted(expected)}, but holds {sorted(tensors)}.")
+    mismatched = [
+        f"{name}: {tuple(tensors[name].shape)}, expected {tuple(shape)}"
+        for name, shape in expected.items()
+        if tensors[name].shape != shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"{source} does not fit the config (text hidden size {config.text_config.hidden_size}, "
+            f"scorer_hidden_size {config.scorer_hidden_size}): " + "; ".join(mismatched) + "."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- model card
+
+
+def scorer_model_card(
+    config: VisionSelectorConfig,
+    *,
+    repo_id: str,
+    scorer_bytes: int | None = None,
+    has_processor: bool = True,
+    results: ResultsType = None,
+    license: str = "apache-2.0",
+    tags: Sequence[str] = (),
+) -> ModelCard:
+    """The model card of a scorer-only artifact: Hub metadata, what it is, usage, and the results table if given."""
+    base = config.base_model_name_or_path
+    card_data = ModelCardData(
+        base_model=base,
+        base_model_relation="adapter",
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        license=license,
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])),
+    )
+    d, h = config.text_config.hidden_size, config.scorer_hidden_size
+    num_parameters = 2 * (d * h + h)
+    size = f", {scorer_bytes / 1e6:.1f} MB" if scorer_bytes is not None else ""
+    at_revision = f" at revision `{config.base_model_revision}`" if config.base_model_revision else ""
+    processor_repo = repo_id if has_processor else base
+    sections = [
+        f"# {repo_id.split('/')[-1]}",
+        f"A [VisionSelector]({PAPER_URL}) scorer for [{base}](https://huggingface.co/{base}): {num_parameters:,} "
+        "trained parameters that pick which merged visual tokens reach the language model, so the prefill runs on a "
+        f"fraction of them. This repository holds only the scorer (`{SCORER_WEIGHTS_NAME}`{size}) and the code; "
+        f"the backbone is loaded from `{base}`{at_revision}.",
+        "## Usage",
+        "```python\n"
+        "from transformers import AutoModel, AutoProcessor\n\n"
+        f'model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True, dtype="auto", device_map="auto")\n'
+        f'processor = AutoProcessor.from_pretrained("{processor_repo}")\n\n'
+        'messages = [{"role": "user", "content": [{"type": "image", "url": "https://example.com/cat.jpg"},\n'
+        '                                         {"type": "text", "text": "Describe this image."}]}]\n'
+        "inputs = processor.apply_chat_template(\n"
+        '    messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"\n'
+        ").to(model.device)\n"
+        "out = model.generate(**inputs, max_new_tokens=128, retention_ratio=0.3)  # keep 30% of the visual tokens\n"
+        'print(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])\n'
+        "```",
+        f"`retention_ratio` (in (0, 1], default {config.retention_ratio}) is the share of each image's and video's "
+        "visual tokens kept; 1.0 reproduces the backbone exactly. Inference needs only transformers (and torchvision "
+        "for the processor): the model code ships in this repository, hence `trust_remote_code=True`.",
+    ]
+    if results is not None:
+        sections += ["## Results", results_table(results)]
+    sections += ["## Reference", f"VisionSelector, Zhu et al., 2025, [arXiv:2510.16598]({PAPER_URL})."]
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+
+
+def results_table(results: ResultsType) -> str:
+    """A Markdown table of `results`: rows (mappings column -> value), or a `.json`, `.csv` or `.md` file of them."""
+    if isinstance(results, (str, os.PathLike)):
+        path = Path(results)
+        if path.suffix == ".md":
+            return path.read_text().strip()
+        if path.suffix == ".csv":
+            with open(path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        elif path.suffix == ".json":
+            rows = json.loads(path.read_text())
+            if isinstance(rows, Mapping):
+                rows = rows.get("results")
+        else:
+            raise ValueError(f"A results file must be .json, .csv or .md, got {str(path)!r}.")
+    else:
+        rows = results
+    if (
+        isinstance(rows, (str, bytes, Mapping))
+        or not isinstance(rows, Sequence)
+        or not rows
+        or not all(isinstance(row, Mapping) for row in rows)
+    ):
+        raise ValueError(
+            "`results` must be a non-empty list of rows (mappings from column name to value), or a .json file of "
+            f"one (or of an object with a 'results' list), a .csv or a .md file; got {type(rows).__name__}."
+        )
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    lines = ["| " + " | ".join(map(_cell, columns)) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(row.get(column, "")) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    return str(value).replace("|", "\\|")
+
+
+# ---------------------------------------------------------------------------------------------------- pushing
+
+
+def push_scorer_to_hub(
+    model: VisionSelectorForConditionalGeneration | str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    token: str | bool | None = None,
+    api: HfApi | None = None,
+    **save_kwargs,
+):
+    """Uploads the scorer-only artifact of `model` to the Hub repo `repo_id`, in one commit.
+
+    Args:
+        model ([`VisionSelectorForConditionalGeneration`], `str` or `os.PathLike`): a model, or a full checkpoint
+            (ours or the paper's) whose scorer is read from its files (see `convert_checkpoint_to_scorer`).
+        repo_id (`str`): the model repo; created if it does not exist.
+        private (`bool`, *optional*): visibility of a repo that is created (an existing repo keeps its own).
+        revision (`str`, *optional*): the branch to commit to; created from the default branch if missing.
+        commit_message (`str`, *optional*): defaults to "Upload VisionSelector scorer for <base model>".
+        create_pr (`bool`, *optional*, defaults to `False`): open a pull request instead of committing.
+        token (`str` or `bool`, *optional*): the Hub token; unused when `api` is given.
+        api (`HfApi`, *optional*): the client to use (tests pass a double).
+        **save_kwargs: arguments of [`save_scorer`] or [`convert_checkpoint_to_scorer`] (`processor`,
+            `base_model_name_or_path`, `results`, `license`, `tags`, ...).
+
+    Returns:
+        The `CommitInfo` of the upload.
+    """
+    api = api if api is not None else HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision is not None and not create_pr:
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    with tempfile.TemporaryDirectory(prefix="visionselector-scorer-") as folder:
+        if isinstance(model, (str, os.PathLike)):
+            convert_checkpoint_to_scorer(model, folder, repo_id=repo_id, **save_kwargs)
+        else:  # a model, possibly of the remote-code copy of the class
+            save_scorer(model, folder, repo_id=repo_id, **save_kwargs)
+        base = VisionSelectorConfig.get_config_dict(folder)[0]["base_model_name_or_path"]
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message or f"Upload VisionSelector scorer for {base}",
+            create_pr=create_pr,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- import
+
+
+def read_checkpoint_scorer(checkpoint: str | os.PathLike, **hub_kwargs) -> dict[str, torch.Tensor]:
+    """The scorer tensors of a full safetensors checkpoint, read without loading the rest, in-memory names.
+
+    The checkpoint's names are mapped with the rules `from_pretrained` applies, so the paper's layout
+    (`visual.importance_scorer.*`) and ours (the same, or the older `scorer.*`) both give `scorer.*`.
+    `hub_kwargs` (`revision`, `token`, `cache_dir`, `local_files_only`, ...) are passed to `cached_file`.
+    """
+    index_file = cached_file(checkpoint, SAFE_WEIGHTS_INDEX_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    if index_file is not None:
+        weight_map = json.loads(Path(index_file).read_text())["weight_map"]
+    else:
+        single = cached_file(checkpoint, SAFE_WEIGHTS_NAME, **hub_kwargs)
+        with safe_open(single, "pt") as handle:
+            weight_map = {name: SAFE_WEIGHTS_NAME for name in handle.keys()}
+    renamings = get_checkpoint_conversion_mapping(VisionSelectorForConditionalGeneration.__name__)
+    wanted = {}  # file -> {name on disk: name in memory}
+    for name, filename in weight_map.items():
+        in_memory = name
+        for renaming in renamings:
+            in_memory, _ = renaming.rename_source_key(in_memory)
+        if in_memory.startswith("scorer."):
+            wanted.setdefault(filename, {})[name] = in_memory
+    tensors = {}
+    for filename, names in wanted.items():
+        with safe_open(cached_file(checkpoint, filename, **hub_kwargs), "pt") as handle:
+            for name, in_memory in names.items():
+                if in_memory in tensors:
+                    raise ValueError(f"{checkpoint} holds the scorer tensor {in_memory} twice (one is {name}).")
+                tensors[in_memory] = handle.get_tensor(name)
+    return tensors
+
+
+def convert_checkpoint_to_scorer(
+    checkpoint: str | os.PathLike,
+    save_directory: str | os.PathLike,
+    *,
+    base_model_name_or_path: str | None = None,
+    base_model_revision: str | None = None,
+    processor="checkpoint",
+    results: ResultsType = None,
+    license: str = "apache-2.0",
+    tags: Sequence[str] = (),
+    repo_id: str | None = None,
+    **hub_kwargs,
+) -> Path:
+    """Writes the scorer-only artifact of a full checkpoint: the paper's released ones or a `save_pretrained` of ours.
+
+    Only the config and the four scorer tensors are read (a 7B checkpoint is never loaded). The backbone of the
+    checkpoint is assumed to be the unchanged `base_model_name_or_path` (VisionSelector trains the scorer only).
+
+    Args:
+        checkpoint (`str` or `os.PathLike`): folder or Hub id of a full safetensors checkpoint. The paper's
+            (transformers 4.5x, `model_type` "qwen2_5_vl", scorer at `visual.importance_scorer.*`) need
+            `base_model_name_or_path`, since their config does not name the backbone.
+        save_directory (`str` or `os.PathLike`): the folder to write.
+        base_model_name_or_path (`str`, *optional*): Hub id of the backbone; defaults to the checkpoint config's.
+        base_model_revision (`str`, *optional*): its revision.
+        processor (*optional*, defaults to `"checkpoint"`): the processor to ship: `"checkpoint"` loads the
+            checkpoint's own with `AutoProcessor`, a processor object is saved as it is, `None` ships none.
+        results, license, tags, repo_id: as in [`save_scorer`].
+        **hub_kwargs: `revision`, `token`, `cache_dir`, `local_files_only`, ... for reading `checkpoint`.
+    """
+    config = VisionSelectorConfig.from_pretrained(checkpoint, **hub_kwargs)
+    config = scorer_only_config(config, base_model_name_or_path, base_model_revision)
+    tensors = read_checkpoint_scorer(checkpoint, **hub_kwargs)
+    check_scorer_tensors(tensors, config, source=f"The checkpoint {checkpoint}")
+    if isinstance(processor, str) and processor == "checkpoint":
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(checkpoint, **hub_kwargs)
+    return _write_scorer_artifact(
+        save_directory,
+        config,
+        tensors,
+        VisionSelectorForConditionalGeneration,
+        processor,
+        results,
+        license,
+        tags,
+        repo_id,
+    )
+
+
+__all__ = [
+    "SCORER_WEIGHTS_NAME",
+    "check_scorer_tensors",
+    "convert_checkpoint_to_scorer",
+    "push_scorer_to_hub",
+    "read_checkpoint_scorer",
+    "results_table",
+    "save_scorer",
+    "scorer_model_card",
+    "scorer_only_config",
+    "scorer_state_dict",
+]

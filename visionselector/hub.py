@@ -1,0 +1,117 @@
+"""Publish a VisionSelector scorer: a few megabytes that point at the official backbone.
+
+Usage:
+
+    # a scorer-only folder from a full checkpoint (a `save_pretrained` of ours, or the paper's released ones)
+    visionselector-hub save --checkpoint runs/7b/final --output_dir scorer-7b --results results.json
+    visionselector-hub save --checkpoint path/to/VisionSelector-Qwen2.5-VL-7B \
+        --base_model Qwen/Qwen2.5-VL-7B-Instruct --output_dir scorer-7b          # `convert` is the same command
+
+    # the same, uploaded in one commit (the repo is created if needed)
+    visionselector-hub push --checkpoint runs/7b/final --repo_id me/VisionSelector-Qwen2.5-VL-7B --private \
+        --revision v1 --commit_message "Scorer trained at 20% retention"
+
+Only the config and the scorer tensors of the checkpoint are read; the backbone is never loaded.
+(`python -m visionselector.hub ...` works the same.)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+from modeling_visionselector.hub_utils import convert_checkpoint_to_scorer, push_scorer_to_hub
+
+
+@dataclass
+class ScorerArguments:
+    checkpoint: str = field(
+        metadata={
+            "help": "Folder or Hub id of a full checkpoint: a `save_pretrained` of VisionSelectorForConditionalGeneration, "
+            "or the paper's VisionSelector-Qwen2.5-VL-3B/7B."
+        }
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the backbone (default: the checkpoint config's `base_model_name_or_path`)."},
+    )
+    base_model_revision: str | None = field(default=None, metadata={"help": "Revision of the backbone."})
+    processor: str = field(
+        default="checkpoint",
+        metadata={"help": "'checkpoint' ships the checkpoint's processor, 'none' ships none, else a folder/Hub id."},
+    )
+    results: str | None = field(
+        default=None, metadata={"help": "Accuracy-vs-retention table for the model card: a .json, .csv or .md file."}
+    )
+    license: str = field(default="apache-2.0", metadata={"help": "Licence of the scorer (card metadata)."})
+    tags: list[str] = field(default_factory=list, metadata={"help": "Extra Hub tags."})
+
+
+@dataclass
+class SaveArguments:
+    output_dir: str = field(metadata={"help": "The scorer-only folder to write."})
+
+
+@dataclass
+class PushArguments:
+    repo_id: str = field(metadata={"help": "The Hub model repo, e.g. me/VisionSelector-Qwen2.5-VL-7B."})
+    private: bool = field(default=False, metadata={"help": "Create the repo private (an existing repo keeps its own)."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to commit to; created if missing."})
+    commit_message: str | None = field(default=None, metadata={"help": "Commit message."})
+    create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+
+
+COMMANDS = {"save": SaveArguments, "convert": SaveArguments, "push": PushArguments}
+
+
+def _processor(value: str):
+    if value == "checkpoint":
+        return "checkpoint"
+    if value.lower() == "none":
+        return None
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(value)
+
+
+def main(argv: list[str] | None = None, api=None) -> int:
+    """Runs `visionselector-hub <save|convert|push> ...`; `api` (an `HfApi`) is for tests."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__ + f"\nCommands: {', '.join(COMMANDS)}; `<command> --help` lists the options.", file=sys.stderr)
+        return 2
+    command = argv[0]
+    parser = HfArgumentParser((ScorerArguments, COMMANDS[command]), prog=f"visionselector-hub {command}")
+    scorer_args, command_args = parser.parse_args_into_dataclasses(args=argv[1:])
+    common = dict(
+        base_model_name_or_path=scorer_args.base_model,
+        base_model_revision=scorer_args.base_model_revision,
+        processor=_processor(scorer_args.processor),
+        results=scorer_args.results,
+        license=scorer_args.license,
+        tags=scorer_args.tags,
+    )
+    if command == "push":
+        commit = push_scorer_to_hub(
+            scorer_args.checkpoint,
+            command_args.repo_id,
+            private=command_args.private,
+            revision=command_args.revision,
+            commit_message=command_args.commit_message,
+            create_pr=command_args.create_pr,
+            token=command_args.token,
+            api=api,
+            **common,
+        )
+        print(f"Uploaded the scorer to {getattr(commit, 'commit_url', None) or command_args.repo_id}")
+    else:
+        folder = convert_checkpoint_to_scorer(scorer_args.checkpoint, command_args.output_dir, **common)
+        print(f"Wrote the scorer-only artifact to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
