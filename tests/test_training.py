@@ -1,6 +1,7 @@
 """Scorer training with `VisionSelectorSFTTrainer` and the `visionselector_training.train` script, on tiny models (CPU)."""
 
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -130,6 +131,9 @@ def test_mask_terms():
     assert mask_regularization(hard, hard).item() == 0.0
     assert mask_sharpness(torch.full((8,), 0.5)).item() == 0.0
     assert mask_sharpness(hard).item() == 1.0
+    assert mask_sharpness(torch.tensor([0.1, 0.9])).item() == pytest.approx(1 + (0.1 * math.log2(0.1) + 0.9 * math.log2(0.9)))
+    # same sum (the top-k constraint), sharper mask, higher sharpness
+    assert mask_sharpness(torch.tensor([0.9, 0.1, 0.0, 0.0])) > mask_sharpness(torch.full((4,), 0.25))
     assert mask_hard_distance(hard, hard).item() == 0.0
     assert mask_hard_distance(soft, hard).item() == pytest.approx((0.1 + 0.2 + 0.4 + 0.05) / 4)
     with pytest.raises(ValueError, match="shape"):

@@ -5,6 +5,8 @@ All take the flat masks the model returns in training: `(N,)` over the merged vi
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -30,8 +32,14 @@ def mask_regularization(soft_mask: torch.Tensor, hard_mask: torch.Tensor) -> tor
 
 @torch.no_grad()
 def mask_sharpness(soft_mask: torch.Tensor) -> torch.Tensor:
-    """How binary a mask is: the mean of |2m - 1|, 0 when every value is 0.5 and 1 when every value is 0 or 1."""
-    return (2 * soft_mask.float() - 1).abs().mean()
+    """How binary a mask is: one minus the mean binary entropy of its values, in bits.
+
+    0 when every value is 0.5, 1 when every value is 0 or 1. (Not mean |2m - 1|: with every value below 0.5 that is
+    `1 - 2 * mean(m)`, fixed by the top-k constraint `sum(m) = k`, so it could not show the mask sharpening.)
+    """
+    m = soft_mask.float()
+    entropy = -(torch.special.xlogy(m, m) + torch.special.xlogy(1 - m, 1 - m)) / math.log(2)
+    return 1 - entropy.mean()
 
 
 @torch.no_grad()

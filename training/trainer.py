@@ -68,7 +68,7 @@ class VisionSelectorSFTTrainer(SFTTrainer):
     The loss is `CE + lambda * BCE(soft_mask, hard_mask)`, lambda going from `args.reg_weight_start` to
     `args.reg_weight_end` as a function of `state.global_step / state.max_steps` (so a resumed run continues the
     schedule). Labels at the image/video placeholders and the vision start/end tokens are ignored. Logged beside the
-    loss: `ce_loss`, `reg_loss`, `reg_weight`, `mask_sharpness` (mean |2m - 1|, 1 for a binary mask),
+    loss: `ce_loss`, `reg_loss`, `reg_weight`, `mask_sharpness` (1 - mean binary entropy of the soft mask, 1 when binary),
     `mask_hard_distance` (mean |soft - hard|), `mean_token_accuracy` and `num_tokens`.
 
     In evaluation the model runs as in inference (visual tokens pruned at `config.retention_ratio`), so `eval_loss`
