@@ -22,6 +22,7 @@ import csv
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from .scoring import VisionSelectorScorer
 logger = logging.get_logger(__name__)
 
 PAPER_URL = "https://arxiv.org/abs/2510.16598"
-DEFAULT_TAGS = ("visionselector", "visual-token-pruning", "qwen2_5_vl", "remote-code")
+DEFAULT_TAGS = ("visionselector", "visual-token-pruning", "qwen2_5_vl")
 ResultsType = Sequence[Mapping[str, object]] | str | os.PathLike | None
 
 
@@ -181,7 +182,7 @@ def scorer_model_card(
     )
     d, h = config.text_config.hidden_size, config.scorer_hidden_size
     num_parameters = 2 * (d * h + h)
-    size = f", {scorer_bytes / 1e6:.1f} MB" if scorer_bytes is not None else ""
+    size = f", {_human_size(scorer_bytes)}" if scorer_bytes is not None else ""
     at_revision = f" at revision `{config.base_model_revision}`" if config.base_model_revision else ""
     processor_repo = repo_id if has_processor else base
     sections = [
@@ -211,6 +212,10 @@ def scorer_model_card(
         sections += ["## Results", results_table(results)]
     sections += ["## Reference", f"VisionSelector, Zhu et al., 2025, [arXiv:2510.16598]({PAPER_URL})."]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+
+
+def _human_size(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.1f} MB" if num_bytes >= 1e6 else f"{num_bytes / 1e3:.1f} kB"
 
 
 def results_table(results: ResultsType) -> str:
@@ -295,6 +300,11 @@ def push_scorer_to_hub(
         else:  # a model, possibly of the remote-code copy of the class
             save_scorer(model, folder, repo_id=repo_id, **save_kwargs)
         base = VisionSelectorConfig.get_config_dict(folder)[0]["base_model_name_or_path"]
+        if Path(base).is_dir():
+            warnings.warn(
+                f"The scorer pushed to {repo_id} points at the local folder {base!r} for its backbone, which nobody "
+                "else can load: pass `base_model_name_or_path=<Hub id>` (e.g. 'Qwen/Qwen2.5-VL-7B-Instruct')."
+            )
         return api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,

@@ -195,6 +195,8 @@ def test_model_card_has_metadata_usage_and_results(scorer_dir, base_dir):
     assert "| retention | MME | TextVQA |" in card.text
     assert "| 30% | 2298.25 | 83.1 |" in card.text
     assert "| 10% | 2201 | 77.02 |" in card.text
+    size_kb = (scorer_dir / SCORER_WEIGHTS_NAME).stat().st_size / 1e3
+    assert f"(`scorer.safetensors`, {size_kb:.1f} kB)" in card.text and "1,056 trained parameters" in card.text
 
 
 def test_results_table_reads_rows_json_csv_and_markdown(tmp_path):
@@ -309,10 +311,11 @@ def test_a_scorer_for_another_width_is_a_clear_error(scorer_dir, tmp_path):
 
 def test_push_uploads_the_artifact_in_one_commit(trained, processor, tmp_path, image_inputs):
     api = RecordingApi(tmp_path / "uploaded")
-    commit = push_scorer_to_hub(
-        trained, "me/VisionSelector-tiny", private=True, revision="v1", commit_message="Scorer at 20%",
-        processor=processor, results=RESULTS, api=api,
-    )
+    with pytest.warns(UserWarning, match="local folder"):  # the tiny backbone is not on the Hub
+        commit = push_scorer_to_hub(
+            trained, "me/VisionSelector-tiny", private=True, revision="v1", commit_message="Scorer at 20%",
+            processor=processor, results=RESULTS, api=api,
+        )
     assert commit == "commit"
     assert [call[0] for call in api.calls] == ["create_repo", "create_branch", "upload_folder"]
     assert api.calls[0] == ("create_repo", "me/VisionSelector-tiny", {"private": True, "exist_ok": True, "repo_type": "model"})
@@ -329,7 +332,8 @@ def test_push_uploads_the_artifact_in_one_commit(trained, processor, tmp_path, i
 
 def test_push_defaults_and_pull_requests(trained, tmp_path):
     api = RecordingApi(tmp_path / "uploaded")
-    push_scorer_to_hub(trained, "me/x", create_pr=True, api=api)
+    with pytest.warns(UserWarning, match="local folder"):
+        push_scorer_to_hub(trained, "me/x", create_pr=True, api=api)
     assert [call[0] for call in api.calls] == ["create_repo", "upload_folder"]  # a PR needs no branch
     assert api.calls[0][2]["private"] is None
     upload = api.calls[1][2]
@@ -379,8 +383,9 @@ def test_cli_save_and_push(official_dir, base_dir, tmp_path):
     assert "tiny" in card.data.tags and "| 30% | 2298.25 | 83.1 |" in card.text
 
     api = RecordingApi(tmp_path / "uploaded")
-    code = hub_main(["push", "--checkpoint", str(official_dir), "--base_model", str(base_dir),
-                     "--repo_id", "me/y", "--private", "--revision", "dev", "--commit_message", "hello"], api=api)
+    with pytest.warns(UserWarning, match="local folder"):
+        code = hub_main(["push", "--checkpoint", str(official_dir), "--base_model", str(base_dir),
+                         "--repo_id", "me/y", "--private", "--revision", "dev", "--commit_message", "hello"], api=api)
     assert code == 0
     assert api.calls[0][2]["private"] is True and api.calls[-1][2]["commit_message"] == "hello"
     assert {SCORER_WEIGHTS_NAME, "config.json", "README.md"} <= {p.name for p in api.upload_copy.iterdir()}
