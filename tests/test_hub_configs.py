@@ -4,7 +4,6 @@ Models are built on the meta device (no memory), shrunk to one LLM layer and one
 """
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
