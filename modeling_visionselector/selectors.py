@@ -80,7 +80,8 @@ def uniform(features: torch.Tensor, scores: torch.Tensor, k: int, grid: tuple[in
     kept = []
     frames = _evenly_spaced(min(t, k), t).tolist()
     for frame, per_frame in zip(frames, _split_evenly(k, len(frames))):
-        rows = min(h, max(-(-per_frame // w), round((per_frame * h / w) ** 0.5), 1))
+        # never more rows than tokens to place, or a row's share would be zero
+        rows = min(h, per_frame, max(-(-per_frame // w), round((per_frame * h / w) ** 0.5), 1))
         for row, per_row in zip(_evenly_spaced(rows, h).tolist(), _split_evenly(per_frame, rows)):
             kept.append((frame * h + row) * w + _evenly_spaced(per_row, w))
     return _ascending(torch.cat(kept), features.device)
