@@ -1,0 +1,145 @@
+"""Property-based tests: random batches of images and videos, padding sides, ratios and selectors.
+
+Each generated batch holds 1-4 samples with 0-3 images of random grid sizes, some with a video. Properties:
+every row equals the same sample alone; prefill equals the stock-model oracle on the kept tokens; every item
+keeps max(1, int(r * n)) tokens; text tokens are never dropped; ratio 1.0 equals the stock model.
+Hypothesis runs derandomized (the same cases on every run), bounded by `max_examples`.
+"""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import build_inputs
+from modeling_visionselector.selectors import SELECTORS
+from oracle import prefill_logits, pruned_embeddings, split_kept_indices, unbatch
+
+SIDES = st.sampled_from([28, 56, 84, 112])
+IMAGE = st.tuples(st.just("image"), SIDES, SIDES)
+VIDEO = st.tuples(st.just("video"), st.sampled_from([2, 4]), st.sampled_from([28, 56, 84]), st.sampled_from([28, 56]))
+SAMPLE = st.tuples(st.lists(IMAGE, max_size=3), st.lists(VIDEO, max_size=1), st.booleans()).map(
+    lambda parts: parts[0] + parts[1] if parts[2] else parts[1] + parts[0]  # video before or after the images
+)
+BATCH = st.lists(SAMPLE, min_size=1, max_size=4).filter(lambda samples: any(samples))
+RATIO = st.one_of(st.sampled_from([1.0, 0.5, 0.2, 0.1]), st.floats(0.01, 1.0))
+# "random" draws from the global generator, so a sample alone draws other tokens than in its batch
+DETERMINISTIC_SELECTORS = sorted(name for name in SELECTORS if name != "random")
+
+PROPERTY_SETTINGS = settings(
+    max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def visual_tokens_per_item(inputs):
+    grids = [g for key in ("image_grid_thw", "video_grid_thw") if inputs.get(key) is not None for g in inputs[key]]
+    return [int(g.prod()) // 4 for g in grids]
+
+
+@PROPERTY_SETTINGS
+@given(samples=BATCH, ratio=RATIO, padding_side=st.sampled_from(["left", "right"]), selector=st.sampled_from(sorted(SELECTORS)))
+def test_prefill_equals_the_oracle_and_keeps_the_right_tokens(model, stock_model, processor, samples, ratio, padding_side, selector):
+    inputs = build_inputs(processor, samples, padding_side, seed=len(samples))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(**inputs, retention_ratio=ratio, selector=selector)
+    # every item keeps max(1, int(r * n)) distinct tokens
+    counts = visual_tokens_per_item(inputs)
+    assert [len(k) for k in out.kept_indices] == [max(1, int(ratio * n)) for n in counts]
+    assert all(torch.equal(k, k.unique()) and int(k.max()) < n for k, n in zip(out.kept_indices, counts))
+    # text tokens are never dropped: the compressed rows hold exactly the text plus the kept visual tokens
+    visual = torch.isin(inputs["input_ids"], torch.tensor([model.config.image_token_id, model.config.video_token_id]))
+    text = int(((inputs["attention_mask"] == 1) & ~visual).sum())
+    assert int(out.attention_mask.sum()) == text + sum(len(k) for k in out.kept_indices)
+    # and the logits are those of the stock model on the kept tokens at their original positions
+    per_sample = split_kept_indices(inputs, model.config, out.kept_indices)
+    for row, (sample, kept) in enumerate(zip(unbatch(inputs, model.config), per_sample)):
+        embeds, positions = pruned_embeddings(stock_model, sample, kept)
+        expected = prefill_logits(stock_model, embeds, positions)[0]
+        torch.testing.assert_close(out.logits[row][out.attention_mask[row].bool()], expected, atol=1e-5, rtol=1e-4)
+    if ratio == 1.0:
+        with torch.no_grad():
+            torch.testing.assert_close(out.logits, stock_model(**inputs).logits, atol=0, rtol=0)
+
+
+@PROPERTY_SETTINGS
+@given(samples=BATCH, ratio=RATIO, selector=st.sampled_from(DETERMINISTIC_SELECTORS))
+def test_each_row_generates_what_it_generates_alone(model, processor, samples, ratio, selector):
+    inputs = build_inputs(processor, samples, "left", seed=len(samples))
+    kwargs = dict(retention_ratio=ratio, selector=selector, max_new_tokens=3, do_sample=False)
+    batched = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :]
+    for row, sample in enumerate(unbatch(inputs, model.config)):
+        alone = model.generate(**sample, **kwargs)[0, sample["input_ids"].shape[1] :]
+        assert batched[row].tolist() == alone.tolist()
+
+
+def test_a_row_that_ends_early_in_a_padded_batch_is_padded_and_the_others_go_on(model, make_inputs):
+    """`max_new_tokens` past one row's eos: that row is padded, the others equal their own runs."""
+    inputs = make_inputs([[("image", 56, 84)], [("image", 112, 56), ("image", 28, 28)], [("video", 4, 56, 56)]])
+    kwargs = dict(retention_ratio=0.3, max_new_tokens=6, do_sample=False)
+    prompt = inputs["input_ids"].shape[1]
+    first_tokens = model.generate(**inputs, **kwargs)[:, prompt]
+    eos = int(first_tokens[0])  # make row 0 stop at once
+    out = model.generate(**inputs, eos_token_id=eos, pad_token_id=0, **kwargs)
+    samples = unbatch(inputs, model.config)
+    stopped = []
+    for row, sample in enumerate(samples):
+        alone = model.generate(**sample, eos_token_id=eos, pad_token_id=0, **kwargs)[0, sample["input_ids"].shape[1] :]
+        ours = out[row, prompt : prompt + len(alone)]
+        assert ours.tolist() == alone.tolist()
+        if eos in alone.tolist():
+            stopped.append(row)
+            end = alone.tolist().index(eos) + 1
+            assert set(out[row, prompt + end :].tolist()) <= {0}
+    assert 0 in stopped and out.shape[1] > prompt + 1
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 0.05), (torch.float16, 0.01)])
+def test_half_precision_runs_on_cpu_within_tolerance_of_float32(stock_model, make_inputs, dtype, tolerance):
+    """Scores and (at a fixed selection) logits of bf16/fp16 stay within `tolerance` x the float32 logit scale."""
+    import copy
+
+    from modeling_visionselector import VisionSelectorForConditionalGeneration
+
+    torch.manual_seed(1)
+    full = VisionSelectorForConditionalGeneration.from_backbone(copy.deepcopy(stock_model)).eval()
+    half = copy.deepcopy(full).to(dtype)
+    inputs = make_inputs([[("image", 112, 84)], [("image", 56, 56), ("video", 4, 56, 56)]])
+    half_inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    args = [inputs.get(k) for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")]
+    half_args = [half_inputs.get(k) for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")]
+    with torch.no_grad():
+        scores = torch.cat(full.select_visual_tokens(*args, retention_ratio=1.0).scores)
+        half_scores = torch.cat(half.select_visual_tokens(*half_args, retention_ratio=1.0).scores)
+        assert half_scores.dtype == torch.float32
+        assert float((half_scores - scores).abs().max()) <= tolerance * float(scores.abs().max()) + 1e-6
+        reference = full(**inputs, retention_ratio=1.0).logits
+        logits = half(**half_inputs, retention_ratio=1.0).logits
+    assert logits.dtype == dtype
+    scale = float(reference.abs().max())
+    assert float((logits.float() - reference).abs().max()) <= tolerance * scale
+    out = half.generate(**half_inputs, retention_ratio=0.3, max_new_tokens=3, do_sample=False)
+    assert out.shape == (2, inputs["input_ids"].shape[1] + 3)
+
+
+def test_inputs_are_not_modified(model, make_inputs):
+    inputs = make_inputs([[("image", 56, 84), ("video", 4, 56, 56)], [("image", 28, 56)]], padding_side="right")
+    before = {k: v.clone() for k, v in inputs.items()}
+    with torch.no_grad():
+        model(**inputs, retention_ratio=0.2)
+    model.generate(**inputs, retention_ratio=0.2, max_new_tokens=2)
+    for key, value in before.items():
+        assert torch.equal(inputs[key], value), key
+
+
+def test_a_failed_call_leaves_no_state_behind(model, make_inputs):
+    inputs = make_inputs([[("image", 56, 84)]])
+    kwargs = dict(max_new_tokens=3, do_sample=False)
+    expected = model.generate(**inputs, retention_ratio=0.4, **kwargs)
+    bad = inputs["input_ids"].clone()
+    bad[bad == model.config.image_token_id] = 10
+    with pytest.raises(ValueError):
+        model.generate(**{**inputs, "input_ids": bad}, retention_ratio=0.1, **kwargs)
+    assert torch.equal(model.generate(**inputs, retention_ratio=0.4, **kwargs), expected)
+    assert np.isfinite(model.scorer.q_proj.weight.detach().numpy()).all()
