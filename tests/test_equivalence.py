@@ -201,3 +201,28 @@ def test_generate_sets_rope_deltas_so_a_manual_decode_step_continues_correctly(m
     embeds = torch.cat([embeds, stock_model.get_input_embeddings()(token)], dim=1)
     positions = torch.cat([positions, positions[:, :, -1:] + 1], dim=2)
     torch.testing.assert_close(step.logits[0, -1], prefill_logits(stock_model, embeds, positions)[0, -1], atol=1e-5, rtol=1e-4)
+
+
+def _flash_attention_available():
+    from transformers.utils import is_flash_attn_2_available
+
+    return torch.cuda.is_available() and is_flash_attn_2_available()
+
+
+@pytest.mark.skipif(not _flash_attention_available(), reason="flash_attention_2 needs CUDA and the flash-attn package")
+def test_flash_attention_2_matches_stock_and_sdpa(make_inputs):
+    """On CUDA: ratio 1.0 under flash-attention is the stock flash model; pruned logits agree with sdpa."""
+    device, dtype = "cuda", torch.bfloat16
+    stock_flash = tiny_qwen2_5_vl(seed=5, attn_implementation="flash_attention_2").to(device, dtype)
+    torch.manual_seed(3)
+    flash = VisionSelectorForConditionalGeneration.from_backbone(stock_flash).eval()
+    sdpa = VisionSelectorForConditionalGeneration.from_backbone(tiny_qwen2_5_vl(seed=5).to(device, dtype)).eval()
+    sdpa.scorer.load_state_dict(flash.scorer.state_dict())
+    inputs = make_inputs(SCENARIOS["video_and_images"]).to(device)
+    inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    kwargs = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    assert torch.equal(flash.generate(**inputs, retention_ratio=1.0, **kwargs), stock_flash.generate(**inputs, **kwargs))
+    with torch.no_grad():
+        a, b = flash(**inputs, retention_ratio=0.3), sdpa(**inputs, retention_ratio=0.3)
+    mask = a.attention_mask.bool()
+    torch.testing.assert_close(a.logits[mask].float(), b.logits[mask].float(), atol=2e-2, rtol=2e-2)
