@@ -5,11 +5,13 @@ The sibling files of this folder are also the remote code that `save_pretrained`
 
 from .configuration_visionselector import VisionSelectorConfig
 from .modeling_visionselector import (
+    SCORER_WEIGHTS_NAME,
     VisionSelectorCausalLMOutputWithPast,
     VisionSelectorForConditionalGeneration,
     VisualTokenSelection,
+    check_scorer_tensors,
 )
-from .hub_utils import convert_checkpoint_to_scorer, push_scorer_to_hub, save_scorer
+from .hub_utils import convert_checkpoint_to_scorer, push_scorer_to_hub, save_scorer, scorer_state_dict
 from .scoring import (
     VisionSelectorScorer,
     differentiable_topk,
@@ -24,6 +26,9 @@ __all__ = [
     "VisionSelectorForConditionalGeneration",
     "VisionSelectorCausalLMOutputWithPast",
     "VisualTokenSelection",
+    "SCORER_WEIGHTS_NAME",
+    "check_scorer_tensors",
+    "scorer_state_dict",
     "convert_checkpoint_to_scorer",
     "push_scorer_to_hub",
     "save_scorer",

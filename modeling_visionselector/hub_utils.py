@@ -35,7 +35,11 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file, logging
 
 from .configuration_visionselector import AUTO_MAP, VisionSelectorConfig
-from .modeling_visionselector import SCORER_WEIGHTS_NAME, VisionSelectorForConditionalGeneration
+from .modeling_visionselector import (
+    SCORER_WEIGHTS_NAME,
+    VisionSelectorForConditionalGeneration,
+    check_scorer_tensors,
+)
 from .scoring import VisionSelectorScorer
 
 logger = logging.get_logger(__name__)
@@ -136,25 +140,6 @@ def _write_scorer_artifact(
     )
     card.save(folder / "README.md")
     return folder
-
-
-def check_scorer_tensors(tensors: Mapping[str, torch.Tensor], config: VisionSelectorConfig, source: str) -> None:
-    """Raises a `ValueError` unless `tensors` are exactly the `scorer.*` tensors of a model with `config`."""
-    with torch.device("meta"):
-        reference = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
-    expected = {f"scorer.{name}": value.shape for name, value in reference.state_dict().items()}
-    if set(tensors) != set(expected):
-        raise ValueError(f"{source} must hold exactly the tensors {sorted(expected)}, but holds {sorted(tensors)}.")
-    mismatched = [
-        f"{name}: {tuple(tensors[name].shape)}, expected {tuple(shape)}"
-        for name, shape in expected.items()
-        if tensors[name].shape != shape
-    ]
-    if mismatched:
-        raise ValueError(
-            f"{source} does not fit the config (text hidden size {config.text_config.hidden_size}, "
-            f"scorer_hidden_size {config.scorer_hidden_size}): " + "; ".join(mismatched) + "."
-        )
 
 
 # ---------------------------------------------------------------------------------------------------- model card

@@ -238,29 +238,22 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
             output_loading_info=True,
             **backbone_kwargs,
         )
-        model._load_scorer_file(scorer_file)
+        model.load_scorer(scorer_file)
         model.config.scorer_only = False  # the model is whole now; `save_pretrained` writes a full checkpoint
         model.config.name_or_path = str(pretrained_model_name_or_path)
         return (model, loading_info) if output_loading_info else model
 
-    def _load_scorer_file(self, path: str):
-        """Loads a scorer-only safetensors file: exactly the `scorer.*` tensors, with this model's shapes."""
-        tensors = load_file(path)
-        expected = {f"scorer.{name}": value for name, value in self.scorer.state_dict().items()}
-        if set(tensors) != set(expected):
-            raise ValueError(f"{path} must hold exactly the tensors {sorted(expected)}, but holds {sorted(tensors)}.")
-        mismatched = [
-            f"{name}: {tuple(tensors[name].shape)} in the file, {tuple(value.shape)} in the model"
-            for name, value in expected.items()
-            if tensors[name].shape != value.shape
-        ]
-        if mismatched:
-            raise ValueError(
-                f"The scorer in {path} does not fit this backbone (text hidden size {self.config.text_config.hidden_size}, "
-                f"scorer_hidden_size {self.config.scorer_hidden_size}): " + "; ".join(mismatched) + "."
-            )
+    def load_scorer(self, weights: str | dict[str, torch.Tensor], source: str | None = None) -> None:
+        """Loads scorer weights: a safetensors file, or tensors named as in `state_dict()` (`scorer.q_proj.weight`, ...).
+
+        Raises a `ValueError` naming the tensors and shapes unless they are exactly this model's scorer.
+        """
+        if not isinstance(weights, dict):
+            source = source or str(weights)
+            weights = load_file(weights)
+        check_scorer_tensors(weights, self.config, source or "the scorer weights")
         with torch.no_grad():
-            self.scorer.load_state_dict({name.removeprefix("scorer."): value for name, value in tensors.items()})
+            self.scorer.load_state_dict({name.removeprefix("scorer."): value for name, value in weights.items()})
 
     # ------------------------------------------------------------------ selection
 
@@ -648,6 +641,28 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
 # `save_pretrained` then copies this file and its relative imports next to the weights (the config's auto_map
 # names every auto class), so that `AutoModel.from_pretrained(folder, trust_remote_code=True)` finds the code.
 VisionSelectorForConditionalGeneration.register_for_auto_class("AutoModel")
+
+
+def check_scorer_tensors(tensors: dict[str, torch.Tensor], config: VisionSelectorConfig, source: str) -> None:
+    """Raises a `ValueError` unless `tensors` are exactly the `scorer.*` tensors of a model with `config`."""
+    with torch.device("meta"):
+        reference = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
+    expected = {f"scorer.{name}": value.shape for name, value in reference.state_dict().items()}
+    if set(tensors) != set(expected):
+        raise ValueError(
+            f"{source} must hold exactly the tensors {sorted(expected)}: missing {sorted(set(expected) - set(tensors))}, "
+            f"unexpected {sorted(set(tensors) - set(expected))}."
+        )
+    mismatched = [
+        f"{name}: {tuple(tensors[name].shape)} given, {tuple(shape)} expected"
+        for name, shape in expected.items()
+        if tensors[name].shape != shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"{source} does not fit the backbone (text hidden size {config.text_config.hidden_size}, "
+            f"scorer_hidden_size {config.scorer_hidden_size}): " + "; ".join(mismatched) + "."
+        )
 
 
 def _check_empty_cache(past_key_values):

@@ -297,7 +297,7 @@ def test_a_scorer_for_another_width_is_a_clear_error(scorer_dir, tmp_path):
     shutil.copytree(scorer_dir, folder)
     wrong = {name: torch.zeros(8, 32) if name.endswith("weight") else torch.zeros(8) for name in SCORER_KEYS}
     save_file(wrong, folder / SCORER_WEIGHTS_NAME)
-    with pytest.raises(ValueError, match=r"scorer.q_proj.weight: \(8, 32\) in the file, \(16, 32\) in the model"):
+    with pytest.raises(ValueError, match=r"scorer.q_proj.weight: \(8, 32\) given, \(16, 32\) expected"):
         VisionSelectorForConditionalGeneration.from_pretrained(folder)
 
     extra = {**load_file(scorer_dir / SCORER_WEIGHTS_NAME), "lm_head.weight": torch.zeros(128, 32)}

@@ -17,7 +17,12 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 from trl import SFTTrainer
 
-from modeling_visionselector import VisionSelectorConfig, VisionSelectorForConditionalGeneration
+from modeling_visionselector import (
+    SCORER_WEIGHTS_NAME,
+    VisionSelectorConfig,
+    VisionSelectorForConditionalGeneration,
+    scorer_state_dict,
+)
 
 from .config import VisionSelectorSFTConfig
 from .losses import mask_hard_distance, mask_regularization, mask_sharpness
@@ -26,8 +31,9 @@ from .schedule import annealed_reg_weight
 logger = logging.get_logger(__name__)
 
 SCORER_PREFIX = "scorer."
-# Intermediate checkpoints: the scorer's tensors, under their names in the full model (`scorer.q_proj.weight`, ...).
-SCORER_CHECKPOINT_NAME = "scorer.safetensors"
+# Intermediate checkpoints: the scorer's tensors, under their names in the full model (`scorer.q_proj.weight`, ...),
+# in the file a scorer-only artifact uses.
+SCORER_CHECKPOINT_NAME = SCORER_WEIGHTS_NAME
 _BACKBONE_LOADING_KWARGS = ("revision", "dtype", "device_map", "attn_implementation")
 
 
@@ -223,11 +229,8 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             return
         os.makedirs(output_dir, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        tensors = {
-            SCORER_PREFIX + name: tensor.detach().contiguous().cpu() for name, tensor in model.scorer.state_dict().items()
-        }
         safetensors.torch.save_file(
-            tensors, os.path.join(output_dir, SCORER_CHECKPOINT_NAME), metadata={"format": "pt"}
+            scorer_state_dict(model), os.path.join(output_dir, SCORER_CHECKPOINT_NAME), metadata={"format": "pt"}
         )
         model.config.save_pretrained(output_dir)
         if self.processing_class is not None:
@@ -236,20 +239,8 @@ class VisionSelectorSFTTrainer(SFTTrainer):
 
     def _load_scorer(self, checkpoint: str, model=None) -> None:
         model = self.accelerator.unwrap_model(model if model is not None else self.model, keep_torch_compile=False)
-        tensors = safetensors.torch.load_file(os.path.join(checkpoint, SCORER_CHECKPOINT_NAME), device="cpu")
-        expected = {SCORER_PREFIX + name: tensor for name, tensor in model.scorer.state_dict().items()}
-        wrong_shapes = {
-            name: (tuple(tensors[name].shape), tuple(tensor.shape))
-            for name, tensor in expected.items()
-            if name in tensors and tensors[name].shape != tensor.shape
-        }
-        if set(tensors) != set(expected) or wrong_shapes:
-            raise ValueError(
-                f"The scorer checkpoint {checkpoint} does not match this model's scorer: missing "
-                f"{sorted(set(expected) - set(tensors))}, unexpected {sorted(set(tensors) - set(expected))}, "
-                f"shapes (checkpoint, model) {wrong_shapes}."
-            )
-        model.scorer.load_state_dict({name.removeprefix(SCORER_PREFIX): tensor for name, tensor in tensors.items()})
+        path = os.path.join(checkpoint, SCORER_CHECKPOINT_NAME)
+        model.load_scorer(path, source=f"The scorer checkpoint {path}")
         logger.info(f"Loaded the scorer from {checkpoint}.")
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
