@@ -225,7 +225,14 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         elif not getattr(config, "scorer_only", False):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
-        scorer_file = cached_file(pretrained_model_name_or_path, SCORER_WEIGHTS_NAME, **hub_kwargs)
+        scorer_file = cached_file(
+            pretrained_model_name_or_path, SCORER_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+        )
+        if scorer_file is None:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a scorer-only artifact without {SCORER_WEIGHTS_NAME}: its scorer "
+                "weights must be that safetensors file (no other format is loaded). Write it with `save_scorer`."
+            )
         backbone_kwargs = {
             name: value for name, value in {**kwargs, **hub_kwargs}.items() if name not in ("revision", "subfolder")
         }
