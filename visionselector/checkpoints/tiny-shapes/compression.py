@@ -1,0 +1,81 @@
+"""Shortening a padded batch to the tokens it keeps: the gather behind pruned prefill.
+
+B is the batch size, L the original and L' the shortened sequence length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def placeholder_keep_mask(
+    input_ids: torch.LongTensor, token_id: int, lengths: list[int], kept_indices: list[torch.LongTensor]
+) -> torch.Tensor:
+    """`(B, L)` bool: False at the placeholders (`input_ids == token_id`) of dropped visual tokens, True elsewhere.
+
+    Placeholders are matched to items in reading order over (batch, sequence), the order in which the
+    processor wrote them and the vision encoder returns their features; item `i` owns the next `lengths[i]`.
+    """
+    placeholders = input_ids == token_id
+    found = int(placeholders.sum())
+    if found != sum(lengths):
+        raise ValueError(
+            f"The text holds {found} placeholder tokens (id {token_id}) but the visual inputs give {sum(lengths)} "
+            f"merged tokens ({lengths} per item): every image/video needs exactly as many placeholders as its "
+            "`grid_thw` gives merged tokens (t * h * w / merge_size**2); build inputs with the processor."
+        )
+    keep_flat = torch.zeros(found, dtype=torch.bool, device=input_ids.device)
+    offset = 0
+    for length, kept in zip(lengths, kept_indices):
+        keep_flat[offset + kept.to(input_ids.device)] = True
+        offset += length
+    keep = torch.ones_like(placeholders)
+    keep[placeholders] = keep_flat  # boolean indexing walks (batch, sequence) in reading order
+    return keep
+
+
+def batch_padding_side(attention_mask: torch.Tensor | None) -> str:
+    """"right" if some row ends in padding, else "left" (also for a batch without padding: generation needs left)."""
+    if attention_mask is not None and bool((attention_mask[:, -1] == 0).any()):
+        return "right"
+    return "left"
+
+
+def compress_batch(
+    keep: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    sequences: dict[str, torch.Tensor],
+    pad_values: dict[str, int],
+    padding_side: str,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Drops every token where `keep` is False (and the old padding), then pads the rows again on `padding_side`.
+
+    Args:
+        keep (`torch.Tensor` of shape `(B, L)`, bool): tokens to keep.
+        attention_mask (`torch.Tensor` of shape `(B, L)`, *optional*): 1 for real tokens; None means no padding.
+        sequences (`dict[str, torch.Tensor]`): tensors whose last two dims are `(B, L)`, e.g. `input_ids` `(B, L)`
+            or rotary positions `(3, B, L)`; each is gathered the same way.
+        pad_values (`dict[str, int]`): the value written at new padding for each key of `sequences`.
+        padding_side (`str`): "left" or "right".
+
+    Returns:
+        The new `(B, L')` attention mask and the gathered `sequences`, with L' the longest kept row.
+    """
+    if attention_mask is not None:
+        keep = keep & attention_mask.bool()
+    lengths = keep.sum(1)  # (B,)
+    new_length = int(lengths.max())
+    rows, columns = keep.nonzero(as_tuple=True)  # kept tokens in reading order
+    rank = keep.long().cumsum(1)[rows, columns] - 1  # index of each kept token within its row
+    target = rank + (new_length - lengths[rows] if padding_side == "left" else 0)
+
+    new_mask = torch.zeros(keep.shape[0], new_length, dtype=torch.long, device=keep.device)
+    new_mask[rows, target] = 1
+    if attention_mask is not None:
+        new_mask = new_mask.to(attention_mask.dtype)
+    gathered = {}
+    for name, value in sequences.items():
+        out = value.new_full((*value.shape[:-2], keep.shape[0], new_length), pad_values[name])
+        out[..., rows, target] = value[..., rows, columns]
+        gathered[name] = out
+    return new_mask, gathered

@@ -1,0 +1,89 @@
+"""Configuration of VisionSelector models: a Qwen2.5-VL configuration plus the scorer and retention settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+
+from huggingface_hub.dataclasses import strict
+from transformers import Qwen2_5_VLConfig
+
+from .scoring import validate_retention_ratio
+
+# What `save_pretrained` writes so that every auto class finds the remote code (custom_object_save writes one).
+AUTO_MAP = {
+    "AutoConfig": "configuration_visionselector.VisionSelectorConfig",
+    "AutoModel": "modeling_visionselector.VisionSelectorForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_visionselector.VisionSelectorForConditionalGeneration",
+    "AutoModelForVision2Seq": "modeling_visionselector.VisionSelectorForConditionalGeneration",
+}
+
+
+@strict
+class VisionSelectorConfig(Qwen2_5_VLConfig):
+    r"""
+    Configuration of a [`VisionSelectorForConditionalGeneration`]: every field of [`Qwen2_5_VLConfig`] (the
+    backbone) plus the fields below.
+
+    Args:
+        scorer_hidden_size (`int`, *optional*, defaults to `text_config.hidden_size // 2`):
+            Width h of the scorer's query and key projections. The default gives the paper's scorer: 12,848,640
+            parameters on Qwen2.5-VL-7B, 4,196,352 on Qwen2.5-VL-3B.
+        retention_ratio (`float`, *optional*, defaults to 0.3):
+            Share of each image's and video's merged visual tokens kept at inference, in (0, 1]; an item of n
+            tokens keeps `max(1, int(retention_ratio * n))`. `forward` and `generate` accept a per-call override.
+            1.0 reproduces the backbone exactly.
+        train_retention_ratio (`float`, *optional*, defaults to 0.2):
+            Share of tokens the differentiable top-k keeps in training, in (0, 1]. The paper trains at 0.2 and
+            evaluates at any ratio.
+        scorer_init_std (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of the scorer weights (biases start at zero); >= 0.
+        base_model_name_or_path (`str`, *optional*):
+            Hub id or path of the backbone the scorer was trained on. A scorer-only checkpoint is assembled from it.
+        base_model_revision (`str`, *optional*):
+            Revision (branch, tag or commit) of `base_model_name_or_path`.
+        scorer_only (`bool`, *optional*, defaults to `False`):
+            Marks the configuration of a scorer-only artifact (written by `save_scorer`): its folder holds the scorer
+            weights in `scorer.safetensors` and no backbone, so `from_pretrained` loads the backbone from
+            `base_model_name_or_path`. The configuration of a loaded model has it `False`.
+    """
+
+    model_type = "visionselector_qwen2_5_vl"
+
+    scorer_hidden_size: int | None = None
+    retention_ratio: float = 0.3
+    train_retention_ratio: float = 0.2
+    scorer_init_std: float = 0.02
+    base_model_name_or_path: str | None = None
+    base_model_revision: str | None = None
+    scorer_only: bool = False
+
+    def __post_init__(self, **kwargs):
+        kwargs.pop("model_type", None)  # a backbone's `to_dict()` says "qwen2_5_vl"; this class has its own
+        super().__post_init__(**kwargs)
+        if self.scorer_hidden_size is None:
+            self.scorer_hidden_size = self.text_config.hidden_size // 2
+        if isinstance(self.scorer_hidden_size, bool) or self.scorer_hidden_size < 1:
+            raise ValueError(f"`scorer_hidden_size` must be a positive integer, got {self.scorer_hidden_size!r}.")
+        self.retention_ratio = validate_retention_ratio(self.retention_ratio, "retention_ratio")
+        self.train_retention_ratio = validate_retention_ratio(self.train_retention_ratio, "train_retention_ratio")
+        std = self.scorer_init_std
+        if isinstance(std, bool) or not isinstance(std, numbers.Real) or math.isnan(std) or std < 0:
+            raise ValueError(f"`scorer_init_std` must be a number >= 0, got {std!r}.")
+        if self.scorer_only and not self.base_model_name_or_path:
+            raise ValueError("A scorer-only configuration (`scorer_only=True`) needs `base_model_name_or_path`.")
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(AUTO_MAP)
+
+    @classmethod
+    def from_backbone_config(cls, backbone_config: Qwen2_5_VLConfig, **overrides) -> "VisionSelectorConfig":
+        """The configuration of a VisionSelector around a backbone with `backbone_config`, with `overrides` applied."""
+        unknown = sorted(set(overrides) - {field.name for field in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"Unknown VisionSelectorConfig fields {unknown}.")
+        values = backbone_config.to_dict()
+        for key in ("model_type", "architectures", "auto_map", "transformers_version"):
+            values.pop(key, None)
+        values.update(overrides)
+        return cls(**values)

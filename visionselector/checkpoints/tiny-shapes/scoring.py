@@ -1,0 +1,167 @@
+"""The Learnable Importance Scorer, the differentiable top-k and the hard selection rule.
+
+Everything here is stateless math on one flat tensor of merged visual tokens, split into items (one image or
+one video each) by `lengths`. Shapes use N for the total number of merged tokens, D for their width (the LLM
+hidden size) and h for the scorer width.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import nn
+
+
+def validate_retention_ratio(retention_ratio, name: str = "retention_ratio") -> float:
+    """Returns `retention_ratio` as a float, or raises a `ValueError` naming it and the accepted range (0, 1]."""
+    if isinstance(retention_ratio, bool) or not isinstance(retention_ratio, numbers.Real):
+        raise ValueError(f"`{name}` must be a number in (0, 1], got {retention_ratio!r} ({type(retention_ratio).__name__}).")
+    value = float(retention_ratio)
+    if math.isnan(value) or not 0.0 < value <= 1.0:
+        raise ValueError(f"`{name}` must be in (0, 1], got {retention_ratio!r}.")
+    return value
+
+
+def num_kept_tokens(num_tokens: int, retention_ratio: float) -> int:
+    """How many of an item's `num_tokens` merged tokens survive: `max(1, int(retention_ratio * num_tokens))`."""
+    return max(1, int(retention_ratio * num_tokens))
+
+
+def segment_ids(lengths: list[int], device=None) -> torch.LongTensor:
+    """`(N,)` item index of every token, for items of the given lengths laid end to end."""
+    return torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.as_tensor(lengths, device=device))
+
+
+class VisionSelectorScorer(nn.Module):
+    """Scores every merged visual token of an item by how much the item's other tokens "attend" to it.
+
+    With q_i = W_q x_i + b_q and k_j = W_k x_j + b_k (width h), the score of token i is the mean over the item's
+    tokens j of q_i . k_j / sqrt(h) (VisionSelector, eq. 2). The mean of dot products is the dot product with the
+    mean key, and the mean key is W_k applied to the mean token, so the score costs O(N h), never O(N^2).
+
+    Args:
+        input_size (`int`): width D of the merged visual tokens (the LLM hidden size).
+        hidden_size (`int`): width h of the query and key projections.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.q_proj = nn.Linear(input_size, hidden_size, bias=True)
+        self.k_proj = nn.Linear(input_size, hidden_size, bias=True)
+
+    def forward(self, features: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """
+        Args:
+            features (`torch.Tensor` of shape `(N, D)`): merged visual tokens of all items, item after item.
+            lengths (`list[int]`): tokens per item; they sum to N.
+
+        Returns:
+            `torch.Tensor` of shape `(N,)`, float32 (float64 for float64 features): the score of every token.
+        """
+        if sum(lengths) != features.shape[0]:
+            raise ValueError(f"Item lengths {lengths} sum to {sum(lengths)}, but {features.shape[0]} features were given.")
+        item = segment_ids(lengths, device=features.device)  # (N,)
+        # Per-item mean token, accumulated in at least float32 so that 16k bf16 tokens average without drift.
+        accumulate = torch.promote_types(features.dtype, torch.float32)
+        counts = torch.as_tensor(lengths, device=features.device, dtype=accumulate)[:, None]
+        mean_tokens = torch.zeros(len(lengths), features.shape[-1], device=features.device, dtype=accumulate)
+        mean_tokens = mean_tokens.index_add(0, item, features.to(accumulate)) / counts  # (items, D)
+        mean_keys = self.k_proj(mean_tokens.to(features.dtype)).to(accumulate)  # (items, h)
+        queries = self.q_proj(features).to(accumulate)  # (N, h)
+        return (queries * mean_keys[item]).sum(-1) / math.sqrt(self.hidden_size)  # (N,)
+
+
+def item_topk(scores: torch.Tensor, k: int) -> torch.LongTensor:
+    """Ascending indices of the k highest of one item's `(n,)` scores."""
+    return torch.topk(scores, k, sorted=False).indices.sort().values
+
+
+def topk_indices(scores: torch.Tensor, lengths: list[int], retention_ratio: float) -> list[torch.LongTensor]:
+    """The kept tokens of each item: its `num_kept_tokens` highest scores, as ascending indices into the item."""
+    return [item_topk(item, num_kept_tokens(item.shape[0], retention_ratio)) for item in torch.split(scores, lengths)]
+
+
+def hard_topk_mask(scores: torch.Tensor, lengths: list[int], retention_ratio: float) -> torch.Tensor:
+    """`(N,)` float mask with 1 at the tokens `topk_indices` keeps and 0 elsewhere."""
+    mask = torch.zeros_like(scores)
+    offsets = [0] + torch.tensor(lengths).cumsum(0).tolist()[:-1]
+    for offset, kept in zip(offsets, topk_indices(scores, lengths, retention_ratio)):
+        mask[offset + kept] = 1.0
+    return mask
+
+
+def _pad_items(values: torch.Tensor, lengths: list[int], fill: float) -> torch.Tensor:
+    """`(N,)` -> `(items, max_len)`, padded with `fill`."""
+    return nn.utils.rnn.pad_sequence(list(torch.split(values, lengths)), batch_first=True, padding_value=fill)
+
+
+class _SigmoidTopK(torch.autograd.Function):
+    """m = sigmoid(s + t(s)) with t solved per row so that the row sums to k; rows are padded with -inf."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, k: torch.Tensor, iterations: int):
+        # scores: (R, M), -inf at padding; k: (R,) float in (0, n_r)
+        work = scores.double()
+        valid = torch.isfinite(work)
+        finite = work.masked_fill(~valid, 0.0)
+        big = torch.finfo(torch.float64).max
+        # sigmoid(-40) < 5e-18, so at t = lo every row sums below any k >= 1e-3, and at t = hi above n - 1e-3.
+        lo = -finite.masked_fill(~valid, -big).amax(1) - 40.0
+        hi = -finite.masked_fill(~valid, big).amin(1) + 40.0
+        for _ in range(iterations):  # bisection: the row sum is increasing in t
+            mid = (lo + hi) / 2
+            too_big = torch.sigmoid(work + mid[:, None]).sum(1) > k
+            hi = torch.where(too_big, mid, hi)
+            lo = torch.where(too_big, lo, mid)
+        t = (lo + hi) / 2
+        for _ in range(2):  # Newton polish of the last bits
+            mask = torch.sigmoid(work + t[:, None])
+            slope = (mask * (1 - mask)).sum(1).clamp_min(1e-300)
+            t = t - (mask.sum(1) - k) / slope
+        mask = torch.sigmoid(work + t[:, None])
+        ctx.save_for_backward(mask)
+        return mask.to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_mask: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        # d m_i / d s_j = sigma'_i (delta_ij + dt/ds_j) with dt/ds_j = -sigma'_j / sum(sigma'), from sum(m) = k.
+        slope = mask * (1 - mask)  # sigma', zero at padding
+        grad = grad_mask.double()
+        mean_grad = (grad * slope).sum(1, keepdim=True) / slope.sum(1, keepdim=True).clamp_min(1e-300)
+        return (slope * (grad - mean_grad)).to(grad_mask.dtype), None, None
+
+
+def differentiable_topk(
+    scores: torch.Tensor, lengths: list[int], k: list[int] | torch.Tensor, iterations: int = 64
+) -> torch.Tensor:
+    """Soft top-k mask: sigmoid(s_i + t) per item, with the threshold t of each item solved so that it sums to k.
+
+    The backward is the exact gradient through the implicit threshold (not a straight-through estimate). As the
+    scores of an item spread apart, its mask tends to the hard top-k mask. An item with k >= its length keeps
+    everything (mask 1, zero gradient).
+
+    Args:
+        scores (`torch.Tensor` of shape `(N,)`): scores of all items, item after item.
+        lengths (`list[int]`): tokens per item.
+        k (`list[int]` or `torch.Tensor` of shape `(items,)`): target sum of each item's mask, 0 < k.
+        iterations (`int`): bisection steps; 64 halve the bracket to below float64 resolution.
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`, dtype of `scores`: the soft mask.
+    """
+    k = torch.as_tensor(k, dtype=torch.float64, device=scores.device)
+    n = torch.as_tensor(lengths, dtype=torch.float64, device=scores.device)
+    if k.shape != n.shape:
+        raise ValueError(f"Got {k.numel()} values of k for {n.numel()} items.")
+    if bool((k <= 0).any()):
+        raise ValueError(f"Every k must be positive, got {k.tolist()}.")
+    full = k >= n
+    padded = _pad_items(scores, lengths, float("-inf"))  # (items, max_len)
+    mask = _SigmoidTopK.apply(padded, torch.where(full, n - 0.5, k), iterations)
+    mask = torch.where(full[:, None], 1.0, mask)  # items asked to keep all their tokens keep them, with zero gradient
+    valid = torch.arange(padded.shape[1], device=scores.device)[None, :] < n[:, None]
+    return mask[valid]
