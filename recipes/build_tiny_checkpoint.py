@@ -128,13 +128,14 @@ def train_scorer(backbone, processor, steps: int, batch_size: int, lr: float, se
     return trainer.model.eval()
 
 
-def save_checkpoint(model, processor, out: Path) -> None:
-    """`save_pretrained` of the model (with its remote code) and the processor, plus a model card."""
+def save_checkpoint(model, out: Path) -> None:
+    """`save_pretrained` of the model (with its remote code) and of a fresh processor, plus a model card."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.py"):  # save_pretrained copies the modeling files in use; drop any it no longer needs
         stale.unlink()
+    model.config.use_cache = True  # `Trainer` writes its own `use_cache=False` into the model config
     model.save_pretrained(out)
-    processor.save_pretrained(out)
+    build_processor().save_pretrained(out)  # fresh: a used tokenizer also saves its last padding state
     (out / "README.md").write_text(MODEL_CARD)
 
 
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
     if args.stage == "refresh-code":
         model = VisionSelectorForConditionalGeneration.from_pretrained(args.out)
         before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-        save_checkpoint(model, build_processor(), args.out)
+        save_checkpoint(model, args.out)
         after = VisionSelectorForConditionalGeneration.from_pretrained(args.out).state_dict()
         assert all(torch.equal(before[name], after[name]) for name in before), "weights changed on re-save"
         print(f"re-saved {args.out} with the current code")
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
                 torch.manual_seed(args.seed)  # the random selector draws from torch's global generator
                 scores[selector] = accuracy(model, processor, validation, retention_ratio=ratio, selector=selector)
             print(f"validation at retention {ratio}: learned {scores['learned']:.3f}, random {scores['random']:.3f}")
-        save_checkpoint(model, processor, args.out)
+        save_checkpoint(model, args.out)
         print(f"done in {time.time() - start:.0f} s: {args.out}")
     return 0
 
