@@ -32,7 +32,7 @@ tags: [visionselector, qwen2_5_vl, tiny, synthetic]
 
 # tiny-shapes: a tiny VisionSelector for tests and demos
 
-A Qwen2.5-VL-architecture model (text hidden 128 x 2 layers, vision hidden 64 x depth 2, a 69-word vocabulary)
+A Qwen2.5-VL-architecture model (603k parameters: text hidden 128 x 2 layers, vision hidden 64 x depth 2, 55 tokens)
 trained from scratch on CPU for one synthetic question, "what is the colour of the square": one small coloured
 square among grey clutter on a 224 x 224 px image (64 merged visual tokens). Its VisionSelector scorer was then
 trained at retention 0.2 with the frozen backbone. Not a general model: it only knows this task.
