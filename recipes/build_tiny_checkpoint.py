@@ -6,7 +6,8 @@ Stage 1 trains a tiny stock Qwen2.5-VL (all parameters, from random) on the task
 ("what is the colour of the square", one coloured square among grey clutter) until it answers held-out
 samples with all visual tokens. Stage 2 wraps it with `VisionSelectorForConditionalGeneration.from_backbone`
 and trains only the scorer with the project's trainer at retention 0.2. Seeds are fixed; on 2 CPU cores the
-whole recipe takes about a quarter of an hour.
+whole recipe takes about 9 minutes (1 torch thread; stage 1 about 5, stage 2 about 4) and rebuilds the shipped
+weights bit for bit.
 """
 
 from __future__ import annotations
