@@ -1,6 +1,6 @@
 """Rebuilds the embedded tiny checkpoint `visionselector/checkpoints/tiny-shapes` from scratch, on CPU.
 
-usage: python recipes/build_tiny_checkpoint.py [--out FOLDER] [--work-dir FOLDER] [--stage {all,backbone,scorer}]
+usage: python recipes/build_tiny_checkpoint.py [--out FOLDER] [--work-dir FOLDER] [--stage {all,backbone,scorer,refresh-code}]
 
 Stage 1 trains a tiny stock Qwen2.5-VL (all parameters, from random) on the task of `visionselector.tasks`
 ("what is the colour of the square", one coloured square among grey clutter) until it answers held-out
