@@ -267,6 +267,8 @@ def test_script_trains_saves_and_resumes(tmp_path):
     # The final save is a full model whose scorer is the trained one.
     trained = VisionSelectorForConditionalGeneration.from_pretrained(output_dir)
     assert trained.config.train_retention_ratio == 0.25
+    assert getattr(trained.config, "use_cache", True)  # not the Trainer's `use_cache=False`
+    assert trained.config.text_config.use_cache
     final_scorer = _scorer(output_dir / "checkpoint-3")
     for name, tensor in final_scorer.items():
         torch.testing.assert_close(trained.state_dict()[name], tensor, rtol=0, atol=0)

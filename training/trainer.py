@@ -124,7 +124,14 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name.startswith(SCORER_PREFIX))
 
+        had_use_cache, use_cache = hasattr(model.config, "use_cache"), getattr(model.config, "use_cache", None)
         super().__init__(model, args, **kwargs)
+        # `Trainer` writes `args.use_cache` (False) into the model config, which every saved model would then carry;
+        # the loss passes `use_cache=False` itself, so the config keeps the model's own setting.
+        if had_use_cache:
+            self.model.config.use_cache = use_cache
+        elif hasattr(self.model.config, "use_cache"):
+            delattr(self.model.config, "use_cache")
 
         self._vision_token_ids = torch.tensor(
             sorted(
