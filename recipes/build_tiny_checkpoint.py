@@ -3,11 +3,11 @@
 usage: python recipes/build_tiny_checkpoint.py [--out FOLDER] [--work-dir FOLDER] [--stage {all,backbone,scorer,refresh-code}]
 
 Stage 1 trains a tiny stock Qwen2.5-VL (all parameters, from random) on the task of `visionselector.tasks`
-("what is the colour of the square", one coloured square among grey clutter) until it answers held-out
-samples with all visual tokens. Stage 2 wraps it with `VisionSelectorForConditionalGeneration.from_backbone`
-and trains only the scorer with the project's trainer at retention 0.2. Seeds are fixed; on 2 CPU cores the
-whole recipe takes about 9 minutes (1 torch thread; stage 1 about 5, stage 2 about 4) and rebuilds the shipped
-weights bit for bit.
+("what is the colour of the square", one coloured square among coloured triangles and grey clutter) until it
+answers held-out samples with all visual tokens. Stage 2 wraps it with
+`VisionSelectorForConditionalGeneration.from_backbone` and trains only the scorer with the project's trainer at
+retention 0.2. Seeds are fixed; on 2 CPU cores the whole recipe takes about 17 minutes (1 torch thread; stage 1
+about 12, stage 2 about 4) and rebuilds the shipped weights bit for bit.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ tags: [visionselector, qwen2_5_vl, tiny, synthetic]
 
 A Qwen2.5-VL-architecture model (603k parameters: text hidden 128 x 2 layers, vision hidden 64 x depth 2, 55 tokens)
 trained from scratch on CPU for one synthetic question, "what is the colour of the square": one small coloured
-square among grey clutter on a 224 x 224 px image (64 merged visual tokens). Its VisionSelector scorer was then
-trained at retention 0.2 with the frozen backbone. Not a general model: it only knows this task.
+square among coloured triangles (every colour on two shapes) and grey clutter on a 224 x 224 px image (64 merged
+visual tokens). Its VisionSelector scorer was then trained at retention 0.2 with the frozen backbone. Not a general
+model: it only knows this task.
 
 Rebuild it with `python recipes/build_tiny_checkpoint.py`; make held-out data with
 `visionselector.tasks.make_samples(n)`; see it work with `visionselector demo`.
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
         help="`scorer` reuses the stage-1 backbone in --work-dir; `refresh-code` only re-saves --out with the "
         "package's current modeling code and config fields (weights unchanged)",
     )
-    parser.add_argument("--backbone-steps", type=int, default=600)
+    parser.add_argument("--backbone-steps", type=int, default=1500)
     parser.add_argument("--scorer-steps", type=int, default=300)
     parser.add_argument("--scorer-lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=32)

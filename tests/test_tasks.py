@@ -1,4 +1,5 @@
-"""The synthetic task: seeded, the answer is visible in a few tokens, and random selection mostly misses it."""
+"""The synthetic task: seeded, the answer is visible in a few tokens, colour alone does not find it, and random
+selection mostly misses it."""
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from visionselector.tasks import (
     COLOURS,
     IMAGE_SIZE,
+    PAIRS,
     QUESTION,
     make_sample,
     make_samples,
@@ -37,6 +39,17 @@ def test_square_is_drawn_in_its_colour_and_covers_a_few_tokens():
         patch = np.asarray(sample.image)[top:bottom, left:right]
         assert (patch == np.array(COLOURS[sample.answer], dtype=np.uint8)).all()
         assert 1 <= len(tokens_covered(sample.box)) <= 4
+
+
+def test_square_colour_is_also_on_a_triangle_and_other_colours_come_in_pairs():
+    # Colour alone does not point at the square: its colour is on a triangle too, and 2-3 other colours are there.
+    for sample in make_samples(50, seed=321):
+        pixels = np.asarray(sample.image).copy()
+        left, top, right, bottom = sample.box
+        pixels[top:bottom, left:right] = 0
+        present = [name for name, rgb in COLOURS.items() if (pixels == np.array(rgb, dtype=np.uint8)).all(-1).any()]
+        assert sample.answer in present
+        assert PAIRS[0] + 1 <= len(present) <= PAIRS[1] + 1
 
 
 def test_random_tenth_of_tokens_usually_misses_the_square():

@@ -61,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer held-out questions with the embedded tiny checkpoint at several retention ratios",
         description=(
             "Loads the embedded tiny checkpoint (a Qwen2.5-VL-architecture model trained on 'what is the colour of "
-            "the square', one small coloured square among grey clutter), answers held-out samples at retention "
-            "1.0, 0.5, 0.3, 0.2 and 0.1 with the learned scorer and with random selection, prints accuracy, "
-            "visual tokens kept and prefill time, and writes a PNG of the kept tokens."
+            "the square', one small coloured square among coloured triangles and grey clutter), answers held-out "
+            "samples at retention 1.0, 0.5, 0.3, 0.2 and 0.1 with the learned scorer and with random selection, "
+            "prints accuracy, visual tokens kept and prefill time, and writes a PNG of the kept tokens."
         ),
     )
     demo.add_argument("--model", default=str(EMBEDDED_CHECKPOINT), help="a checkpoint trained on the task (default: the embedded one)")

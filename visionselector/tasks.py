@@ -1,9 +1,12 @@
-"""A synthetic visual question-answering task whose answer sits in a few visual tokens among clutter.
+"""A synthetic visual question-answering task whose answer sits in a few visual tokens among look-alikes.
 
-"what is the colour of the square": one small coloured square lies at a random place among many grey
-squares, circles and triangles. At the processor's 224 x 224 px (an 8 x 8 grid of merged 28 x 28 px tokens) the
-square covers one to four of the 64 merged tokens, so a model that keeps 10% of the tokens at random misses it
-most of the time, while a scorer that finds the coloured token keeps the answer.
+"what is the colour of the square": one small coloured square lies at a random place among coloured triangles of
+the same size and many grey squares, circles and triangles. Every colour in the image is on exactly two shapes
+(the square's colour on the square and on one triangle, two to three other colours on two triangles each), so
+neither colour nor colour frequency gives the answer away: only the shape does. At the processor's 224 x 224 px
+(an 8 x 8 grid of merged 28 x 28 px tokens) the square covers one to four of the 64 merged tokens, so a model that
+keeps 10% of the tokens at random misses it most of the time, and a selector must know which coloured token is the
+square to keep the answer.
 
 Everything is seeded: `make_samples(n, seed)` gives the same samples on every machine, so anyone can make
 held-out data (the embedded checkpoint was trained on seeds below `HELD_OUT_SEED`).
@@ -35,6 +38,10 @@ WORDS = tuple(QUESTION.split()) + tuple(COLOURS)
 # `HELD_OUT_SEED` up are never used while building the embedded checkpoint.
 VALIDATION_SEED = 900_000
 HELD_OUT_SEED = 1_000_000
+# Colours other than the answer's per image (two coloured triangles each), and the side in px of every coloured
+# shape, the square included.
+PAIRS = (2, 3)
+SIDES = (16, 24)
 
 
 @dataclass
@@ -61,37 +68,69 @@ class Sample:
         return messages
 
 
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, left: int, top: int, side: int, fill) -> None:
+    """A filled square, circle or (upward) triangle in the `side` x `side` px box at (left, top)."""
+    box = (left, top, left + side - 1, top + side - 1)
+    if shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "circle":
+        draw.ellipse(box, fill=fill)
+    else:
+        draw.polygon([(left, top + side - 1), (left + side - 1, top + side - 1), (left + side // 2, top)], fill=fill)
+
+
 def _draw_clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, count: int, size: int) -> None:
     """`count` grey squares, circles and triangles of 10-26 px at random places (they may overlap)."""
     for _ in range(count):
         side = int(rng.integers(10, 27))
         left, top = (int(v) for v in rng.integers(0, size - side, size=2))
         grey = int(rng.integers(60, 200))
-        fill = (grey, grey, grey)
-        shape = rng.integers(3)
-        box = (left, top, left + side - 1, top + side - 1)
-        if shape == 0:
-            draw.rectangle(box, fill=fill)
-        elif shape == 1:
-            draw.ellipse(box, fill=fill)
+        shape = ("square", "circle", "triangle")[int(rng.integers(3))]
+        _draw_shape(draw, shape, left, top, side, (grey, grey, grey))
+
+
+def _place(rng: np.random.Generator, sides: list[int], size: int, gap: int = 3) -> list[tuple[int, int]]:
+    """Top-left corners for squares of `sides` px that do not overlap (at least `gap` px apart), drawn in turn."""
+    corners: list[tuple[int, int]] = []
+    for side in sides:
+        for _ in range(10_000):
+            left, top = (int(v) for v in rng.integers(0, size - side, size=2))
+            if all(
+                left + side + gap <= other_left or other_left + other_side + gap <= left
+                or top + side + gap <= other_top or other_top + other_side + gap <= top
+                for (other_left, other_top), other_side in zip(corners, sides)
+            ):
+                corners.append((left, top))
+                break
         else:
-            draw.polygon([(left, top + side - 1), (left + side - 1, top + side - 1), (left + side // 2, top)], fill=fill)
+            raise ValueError(f"Cannot place {len(sides)} shapes of {max(sides)} px or less apart on {size} x {size} px.")
+    return corners
 
 
-def make_sample(seed: int, size: int = IMAGE_SIZE, clutter: tuple[int, int] = (25, 40)) -> Sample:
-    """The sample of `seed`: a coloured square of 12-20 px among `clutter[0]`..`clutter[1]` grey shapes.
+def make_sample(seed: int, size: int = IMAGE_SIZE, clutter: tuple[int, int] = (25, 40), pairs: tuple[int, int] = PAIRS) -> Sample:
+    """The sample of `seed`: a coloured square among coloured triangles of the same size and grey shapes.
 
-    The square is drawn last, so no clutter hides it; the background is grey noise.
+    On grey noise, first `clutter[0]`..`clutter[1]` grey shapes of 10-26 px (overlapping freely); then one triangle
+    in the square's colour and two triangles in each of `pairs[0]`..`pairs[1]` other colours; then the square. The
+    coloured shapes are `SIDES` px wide and at least 3 px apart, so none hides another.
     """
     rng = np.random.default_rng(seed)
     background = rng.integers(100, 140, size=(size, size, 1), dtype=np.uint8).repeat(3, axis=2)
     image = Image.fromarray(background)
     draw = ImageDraw.Draw(image)
     _draw_clutter(draw, rng, int(rng.integers(clutter[0], clutter[1] + 1)), size)
-    answer = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-    side = int(rng.integers(12, 21))
-    left, top = (int(v) for v in rng.integers(0, size - side, size=2))
-    draw.rectangle((left, top, left + side - 1, top + side - 1), fill=COLOURS[answer])
+    names = list(COLOURS)
+    answer = names[int(rng.integers(len(names)))]
+    # Every colour on exactly two shapes, so the most frequent colour says nothing about the answer.
+    others = [name for name in names if name != answer]
+    count = int(rng.integers(pairs[0], pairs[1] + 1))
+    colours = [answer] + [others[int(i)] for i in rng.choice(len(others), size=count, replace=False) for _ in range(2)]
+    sides = [int(v) for v in rng.integers(SIDES[0], SIDES[1] + 1, size=len(colours) + 1)]
+    corners = _place(rng, sides, size)  # the square's first
+    for (left, top), side, colour in zip(corners[1:], sides[1:], colours):
+        _draw_shape(draw, "triangle", left, top, side, COLOURS[colour])
+    (left, top), side = corners[0], sides[0]
+    _draw_shape(draw, "square", left, top, side, COLOURS[answer])
     return Sample(image=image, question=QUESTION, answer=answer, box=(left, top, left + side, top + side))
 
 
@@ -164,4 +203,4 @@ def tokens_covered(box: tuple[int, int, int, int], token_size: int = 28, grid_wi
     return [row * grid_width + column for row in rows for column in columns]
 
 
-__all__ = ["COLOURS", "HELD_OUT_SEED", "VALIDATION_SEED", "task_inputs", "IMAGE_SIZE", "QUESTION", "WORDS", "Sample", "conversational", "make_sample", "task_dataset", "make_samples", "tokens_covered"]
+__all__ = ["COLOURS", "HELD_OUT_SEED", "PAIRS", "SIDES", "VALIDATION_SEED", "task_inputs", "IMAGE_SIZE", "QUESTION", "WORDS", "Sample", "conversational", "make_sample", "task_dataset", "make_samples", "tokens_covered"]
