@@ -146,7 +146,8 @@ def main(argv=None):
     ratios = sorted({float(r) for r in args.ratios.split(",")}, reverse=True)
     started = time.perf_counter()
     model = VisionSelectorForConditionalGeneration.from_pretrained(model_path).eval()
-    processor = AutoProcessor.from_pretrained(model_path)
+    # the processor is stock; False answers the remote-code question the tokenizer's config lookup would ask
+    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=False)
     seed = task.HELD_OUT_SEED if args.seed is None else args.seed
     samples = task.make_samples(args.samples, seed)
     batches = [task.task_inputs(processor, samples[i : i + args.batch_size]) for i in range(0, len(samples), args.batch_size)]

@@ -74,7 +74,7 @@ def _processor(value: str):
         return None
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(value)
+    return AutoProcessor.from_pretrained(value, trust_remote_code=False)  # a stock processor: no remote code
 
 
 def main(argv: list[str] | None = None, api=None) -> int:
