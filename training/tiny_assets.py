@@ -18,19 +18,12 @@ import argparse
 import json
 import os
 
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 180, 60),
-    "blue": (30, 60, 220),
-    "yellow": (230, 220, 40),
-    "purple": (140, 40, 160),
-    "orange": (240, 140, 20),
-}
-
 
 def write_image_dataset(folder: str, num_examples: int = 24, image_size: int = 112) -> str:
     """Writes `num_examples` coloured-square images and `train.jsonl` under `folder`; returns the JSONL path."""
     from PIL import Image
+
+    from visionselector.tasks import COLOURS
 
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     names = list(COLOURS)
