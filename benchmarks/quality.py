@@ -33,6 +33,7 @@ from transformers import AutoProcessor
 
 from modeling_visionselector import VisionSelectorForConditionalGeneration
 from modeling_visionselector.selectors import SELECTORS
+from visionselector.tasks import answer_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "visionselector" / "checkpoints" / "tiny-shapes"
@@ -40,15 +41,6 @@ TRAINING_FREE = [name for name in SELECTORS if name not in ("learned", "learned+
 
 
 @torch.no_grad()
-def accuracy(model, batches, ratio: float, selector: str) -> float:
-    correct = total = 0
-    for inputs, answer_ids in batches:
-        logits = model(**inputs, retention_ratio=ratio, selector=selector, logits_to_keep=1).logits[:, -1]
-        correct += int((logits.argmax(-1) == answer_ids).sum())
-        total += answer_ids.numel()
-    return correct / total
-
-
 def evaluate(model, batches, ratios, random_repeats: int) -> dict[str, dict[float, float]]:
     results = {}
     for selector in SELECTORS:
@@ -58,10 +50,10 @@ def evaluate(model, batches, ratios, random_repeats: int) -> dict[str, dict[floa
                 scores = []
                 for seed in range(random_repeats):
                     torch.manual_seed(seed)
-                    scores.append(accuracy(model, batches, ratio, selector))
+                    scores.append(answer_accuracy(model, batches, retention_ratio=ratio, selector=selector))
                 results[selector][ratio] = sum(scores) / len(scores)
             else:
-                results[selector][ratio] = accuracy(model, batches, ratio, selector)
+                results[selector][ratio] = answer_accuracy(model, batches, retention_ratio=ratio, selector=selector)
         print(f"  {selector}: " + ", ".join(f"{r}: {a:.3f}" for r, a in results[selector].items()), file=sys.stderr, flush=True)
     return results
 

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_visionselector import VisionSelectorForConditionalGeneration
-from visionselector.tasks import VALIDATION_SEED, make_samples, task_dataset, task_inputs
+from visionselector.tasks import VALIDATION_SEED, answer_accuracy, make_samples, task_dataset, task_inputs
 from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl
 
 SCORER_TRAIN_SEED = 500_000  # stage 2 samples: seeds 500000 ..; stage 1: 0 ..; validation: VALIDATION_SEED ..
@@ -58,16 +58,11 @@ def build_processor():
     return tiny_processor(min_pixels=IMAGE_PIXELS, max_pixels=IMAGE_PIXELS)
 
 
-@torch.no_grad()
 def accuracy(model, processor, samples, batch_size: int = 50, **forward_kwargs) -> float:
     """Share of samples whose greedy next token after the prompt is the answer word."""
     model.eval()
-    correct = 0
-    for start in range(0, len(samples), batch_size):
-        inputs, answer_ids = task_inputs(processor, samples[start : start + batch_size])
-        logits = model(**inputs, logits_to_keep=1, **forward_kwargs).logits[:, -1]
-        correct += int((logits.argmax(-1) == answer_ids).sum())
-    return correct / len(samples)
+    batches = [task_inputs(processor, samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
+    return answer_accuracy(model, batches, **forward_kwargs)
 
 
 def train_backbone(processor, steps: int, batch_size: int, lr: float, seed: int, log_every: int):

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from visionselector.cli import EMBEDDED_CHECKPOINT, main
-from visionselector.tasks import HELD_OUT_SEED, make_sample, make_samples, task_inputs
+from visionselector.tasks import HELD_OUT_SEED, answer_accuracy, make_sample, make_samples, task_inputs
 
 # Fresh held-out samples: the recipe never saw them, and the demo uses the first 100 held-out seeds.
 TEST_SEED = HELD_OUT_SEED + 100_000
@@ -37,12 +37,7 @@ def held_out_batches(embedded):
 
 def _accuracy(model, batches, ratio, selector="learned"):
     torch.manual_seed(0)  # the random selector draws from torch's global generator
-    correct = 0
-    with torch.no_grad():
-        for inputs, answer_ids in batches:
-            logits = model(**inputs, retention_ratio=ratio, selector=selector, logits_to_keep=1).logits[:, -1]
-            correct += int((logits.argmax(-1) == answer_ids).sum())
-    return correct / sum(len(answer_ids) for _, answer_ids in batches)
+    return answer_accuracy(model, batches, retention_ratio=ratio, selector=selector)
 
 
 def test_checkpoint_is_small_and_loads_through_remote_code(embedded):

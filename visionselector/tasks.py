@@ -171,6 +171,21 @@ def task_inputs(processor, samples: list[Sample], with_answers: bool = False):
     return inputs, torch.tensor(answer_ids)
 
 
+@torch.no_grad()
+def answer_accuracy(model, batches, **forward_kwargs) -> float:
+    """Share of samples whose greedy next token after the prompt is the answer.
+
+    `batches` are `task_inputs(processor, samples)` pairs; `forward_kwargs` go to the model (`retention_ratio`,
+    `selector`, ...). The random selector draws from torch's global generator: seed it first for a fixed draw.
+    """
+    correct = total = 0
+    for inputs, answer_ids in batches:
+        logits = model(**inputs, logits_to_keep=1, **forward_kwargs).logits[:, -1]
+        correct += int((logits.argmax(-1).cpu() == answer_ids).sum())
+        total += len(answer_ids)
+    return correct / total
+
+
 def conversational(sample: Sample) -> dict:
     """The sample as a TRL conversational prompt-completion example: `prompt`, `completion` and `images`."""
     prompt, completion = sample.messages(with_answer=True)
