@@ -90,12 +90,15 @@ class VisionSelectorCausalLMOutputWithPast(CausalLMOutputWithPast):
             In training, the differentiable top-k mask that scaled every merged visual token.
         hard_mask (`torch.FloatTensor` of shape `(num_visual_tokens,)`, *optional*):
             In training, the hard top-k mask of the same scores (the inference selection).
+        labels (`torch.LongTensor` of shape `(batch_size, compressed_length)`, *optional*):
+            In eval mode with `labels`, the labels of the compressed sequence, aligned with `logits`.
     """
 
     attention_mask: torch.LongTensor | None = None
     kept_indices: list[torch.LongTensor] | None = None
     soft_mask: torch.FloatTensor | None = None
     hard_mask: torch.FloatTensor | None = None
+    labels: torch.LongTensor | None = None
 
 
 @dataclass
@@ -555,7 +558,7 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
             **kwargs,
         )
         return VisionSelectorCausalLMOutputWithPast(
-            **outputs, attention_mask=pruned.attention_mask, kept_indices=selection.kept_indices
+            **outputs, attention_mask=pruned.attention_mask, kept_indices=selection.kept_indices, labels=pruned.labels
         )
 
     # ------------------------------------------------------------------ generate

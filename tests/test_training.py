@@ -174,7 +174,7 @@ def test_one_backward_reaches_every_scorer_parameter(tmp_path, dataset):
 
 
 def test_labels_at_vision_tokens_are_ignored(tmp_path, dataset):
-    trainer = make_trainer(tmp_path, dataset, reg_weight_start=0.0, reg_weight_end=0.0)
+    trainer = make_trainer(tmp_path, dataset, reg_weight_start=0.0, reg_weight_end=0.0, assistant_only_loss=False)
     model = trainer.model.train()
     batch = first_batch(trainer)
     config = model.config
@@ -182,11 +182,14 @@ def test_labels_at_vision_tokens_are_ignored(tmp_path, dataset):
         batch["input_ids"],
         torch.tensor([config.image_token_id, config.vision_start_token_id, config.vision_end_token_id]),
     )
-    assert (batch["labels"][vision] != -100).all()  # TRL's collator keeps them ...
+    assert (batch["labels"][vision] == -100).all()  # the trainer's collator drops them (TRL's keeps them) ...
+    assert (batch["labels"][~vision & (batch["attention_mask"] == 1)] != -100).all()
+    # ... and so does the loss, for a batch from a collator that keeps them
+    raw = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
     with torch.no_grad():
-        loss = trainer.compute_loss(model, dict(batch))  # ... the trainer does not
-        expected = model(**{**batch, "labels": batch["labels"].masked_fill(vision, -100)}).loss
-        unmasked = model(**batch).loss
+        loss = trainer.compute_loss(model, dict(raw))
+        expected = model(**batch).loss
+        unmasked = model(**raw).loss
     torch.testing.assert_close(loss, expected)
     assert not torch.allclose(loss, unmasked)
 

@@ -39,6 +39,10 @@ class VisionSelectorSFTConfig(SFTConfig):
     > - `lr_scheduler_type`: `"cosine"` instead of `"linear"`.
     > - `warmup_steps`: `0.03` (3% of the steps) instead of `0`.
     > - `max_length`: `None` instead of `1024`: truncation would cut image placeholder tokens.
+    > - `assistant_only_loss`: `None` (the assistant turns of `messages` datasets) instead of `False`: the paper
+    >   trains on the answers. With `completion_only_loss` (TRL's default `None`: the completion of prompt-completion
+    >   datasets), the loss covers the answer whatever the dataset format; set the one that applies to `False` for
+    >   the whole sequence.
     """
 
     # Parameters whose default values are overridden from SFTConfig
@@ -59,6 +63,15 @@ class VisionSelectorSFTConfig(SFTConfig):
         metadata={
             "help": "Maximum length of the tokenized sequence. `None` (the default) applies no truncation; a length "
             "that cuts image placeholder tokens raises an error."
+        },
+    )
+    assistant_only_loss: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether the loss covers only the assistant turns of conversational `messages` datasets. `None` "
+            "(the default): yes for `messages` datasets (prompt-completion datasets follow `completion_only_loss`); "
+            "`False`: the whole sequence. TRL's marked chat templates are used where TRL has one; other ChatML "
+            "templates (Qwen's) are split at `<|im_start|>assistant` ... `<|im_end|>`."
         },
     )
 

@@ -9,21 +9,24 @@ parts of the loss, and keeps intermediate checkpoints down to the scorer.
 from __future__ import annotations
 
 import os
+import warnings
 
-import safetensors.torch
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedConfig, Qwen2_5_VLForConditionalGeneration, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 from trl import SFTTrainer
+from trl.chat_template_utils import get_training_chat_template
 
 from modeling_visionselector import (
     SCORER_WEIGHTS_NAME,
     VisionSelectorConfig,
     VisionSelectorForConditionalGeneration,
-    scorer_state_dict,
+    save_scorer,
 )
 
+from .collator import IGNORE_INDEX, VisionSelectorCollator, chatml_turn_ids
 from .config import VisionSelectorSFTConfig
 from .losses import mask_hard_distance, mask_regularization, mask_sharpness
 from .schedule import annealed_reg_weight
@@ -35,6 +38,10 @@ SCORER_PREFIX = "scorer."
 # in the file a scorer-only artifact uses.
 SCORER_CHECKPOINT_NAME = SCORER_WEIGHTS_NAME
 _BACKBONE_LOADING_KWARGS = ("revision", "dtype", "device_map", "attn_implementation")
+# The saturation warning: a soft mask this binary ...
+SATURATED_SHARPNESS = 0.95
+# ... within this share of the run means the selection locked in before the scorer learned what matters.
+EARLY_SHARE = 0.2
 
 
 def load_visionselector(model_name_or_path: str, **kwargs) -> VisionSelectorForConditionalGeneration:
@@ -61,7 +68,11 @@ def load_visionselector(model_name_or_path: str, **kwargs) -> VisionSelectorForC
             raise ValueError(
                 f"Loading a stock Qwen2.5-VL backbone accepts only {list(_BACKBONE_LOADING_KWARGS)}, got {unsupported}."
             )
-        return VisionSelectorForConditionalGeneration.from_backbone(model_name_or_path, **kwargs)
+        # A local backbone is recorded by its absolute path, so the saved checkpoints load from any directory.
+        base = os.path.abspath(model_name_or_path) if os.path.isdir(model_name_or_path) else model_name_or_path
+        return VisionSelectorForConditionalGeneration.from_backbone(
+            model_name_or_path, base_model_name_or_path=base, **kwargs
+        )
     raise ValueError(
         f"{model_name_or_path!r} is a {model_type!r} checkpoint; expected a stock Qwen2.5-VL ('qwen2_5_vl') or a "
         f"VisionSelector ({VisionSelectorConfig.model_type!r})."
@@ -73,12 +84,21 @@ class VisionSelectorSFTTrainer(SFTTrainer):
 
     The loss is `CE + lambda * BCE(soft_mask, hard_mask)`, lambda going from `args.reg_weight_start` to
     `args.reg_weight_end` as a function of `state.global_step / state.max_steps` (so a resumed run continues the
-    schedule). Labels at the image/video placeholders and the vision start/end tokens are ignored. Logged beside the
-    loss: `ce_loss`, `reg_loss`, `reg_weight`, `mask_sharpness` (1 - mean binary entropy of the soft mask, 1 when binary),
-    `mask_hard_distance` (mean |soft - hard|), `mean_token_accuracy` and `num_tokens`.
+    schedule). The CE covers the answer: the assistant turns of `messages` data (`args.assistant_only_loss`), the
+    completion of prompt-completion data (`args.completion_only_loss`); never the image/video placeholders or the
+    vision start/end tokens. It is a mean over the supervised tokens of the whole optimizer step (all accumulated
+    micro-batches and all ranks, `num_items_in_batch`), as in TRL. Logged beside the loss: `ce_loss`, `reg_loss`,
+    `reg_weight`, `mask_sharpness` (1 - mean binary entropy of the soft mask, 1 when binary), `mask_hard_distance`
+    (mean |soft - hard|), `score_std` (mean over images/videos of the standard deviation of their tokens' scores),
+    `mean_token_accuracy` and `num_tokens`. A soft mask sharper than 0.95 in the first fifth of the run triggers one
+    warning: the selection is locking in early, usually because the learning rate is too high.
 
-    In evaluation the model runs as in inference (visual tokens pruned at `config.retention_ratio`), so `eval_loss`
-    is the language-modelling loss of the pruned model.
+    In evaluation the model runs as in inference (visual tokens pruned at `config.retention_ratio`): `eval_loss`,
+    `eval_mean_token_accuracy` and the `(logits, labels)` that `compute_metrics` receives are those of the pruned
+    sequence.
+
+    Intermediate checkpoints (`checkpoint-N/`) are scorer-only artifacts, as `save_scorer` writes them (loadable with
+    `from_pretrained`), plus the optimizer, scheduler, RNG and trainer states; `save_model` writes the full model.
 
     Args:
         model (`VisionSelectorForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration` or `str`):
@@ -90,9 +110,6 @@ class VisionSelectorSFTTrainer(SFTTrainer):
     """
 
     _tag_names = ["trl", "sft", "visionselector"]
-    # The loss is a per-micro-batch mean (the model reports no `num_items_in_batch` support), so `Trainer` divides it
-    # by the number of gradient accumulation steps.
-    loss_is_scaled_for_ga = False
 
     def __init__(self, model, args: VisionSelectorSFTConfig | TrainingArguments | None = None, **kwargs):
         if kwargs.get("peft_config") is not None:
@@ -123,9 +140,14 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         model.config.train_retention_ratio = args.train_retention_ratio
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name.startswith(SCORER_PREFIX))
+        turn_ids = self._resolve_answer_only_loss(args, kwargs)
 
         had_use_cache, use_cache = hasattr(model.config, "use_cache"), getattr(model.config, "use_cache", None)
-        super().__init__(model, args, **kwargs)
+        try:
+            super().__init__(model, args, **kwargs)
+        finally:
+            if turn_ids is not None:
+                args.assistant_only_loss = True  # what the collator does; TRL's own masking was left off
         # `Trainer` writes `args.use_cache` (False) into the model config, which every saved model would then carry;
         # the loss passes `use_cache=False` itself, so the config keeps the model's own setting.
         if had_use_cache:
@@ -133,16 +155,18 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         elif hasattr(self.model.config, "use_cache"):
             delattr(self.model.config, "use_cache")
 
+        self._check_checkpoint_backbone(self.model)
+
+        config = self.model.config
         self._vision_token_ids = torch.tensor(
-            sorted(
-                {
-                    model.config.image_token_id,
-                    model.config.video_token_id,
-                    model.config.vision_start_token_id,
-                    model.config.vision_end_token_id,
-                }
-            )
+            [config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id]
         )
+        self.data_collator = VisionSelectorCollator(
+            self.data_collator, self._vision_token_ids.tolist(), *(turn_ids or (None, None))
+        )
+        # `Trainer` then counts the supervised tokens of each optimizer step (`num_items_in_batch`) for `compute_loss`.
+        self.model_accepts_loss_kwargs = True
+
         # With mixed precision through autocast, a half-precision scorer would also take half-precision optimizer
         # updates, which round lr-sized steps away; keep its few weights in float32 (autocast casts them per matmul).
         # DeepSpeed and FSDP manage the precision of the parameters themselves.
@@ -150,10 +174,49 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         half = next(scorer.parameters()).dtype in (torch.float16, torch.bfloat16)
         if half and (args.bf16 or args.fp16) and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             scorer.float()
+        # The scores of the latest forward, for the `score_std` diagnostic.
+        self._latest_scores = None
+        scorer.register_forward_hook(self._record_scores)
+        self._warned_saturation = False
+        self._token_counts = {"train": [0, 0], "eval": [0, 0]}  # correct and supervised tokens since the last log
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         self.num_trainable_parameters = trainable
         logger.info(f"Training the scorer only: {trainable:,} of {total:,} parameters ({100 * trainable / total:.4f}%).")
+
+    def _check_checkpoint_backbone(self, model) -> None:
+        """Scorer-only checkpoints point at the backbone: it must have a name, absolute if it is a local folder."""
+        base = model.config.base_model_name_or_path
+        if base and os.path.isdir(base):
+            model.config.base_model_name_or_path = os.path.abspath(base)
+        if self.args.save_strategy != "no" and self._scorer_only_checkpoints() and not base:
+            raise ValueError(
+                "Intermediate checkpoints are scorer-only artifacts that load the backbone from "
+                "`config.base_model_name_or_path`, which this model lacks (it was wrapped from a backbone in memory). "
+                "Set `model.config.base_model_name_or_path` to the backbone's Hub id or folder, pass the trainer its "
+                "path, or save full checkpoints with `save_scorer_only_checkpoints=False`."
+            )
+
+    def _resolve_answer_only_loss(self, args, kwargs) -> tuple[list[int], int] | None:
+        """Settles `args.assistant_only_loss` (`None`: yes for `messages` data); returns the ChatML turn ids when the
+        collator must find the assistant turns itself because TRL has no marked template for the processor's."""
+        dataset = kwargs.get("train_dataset")
+        sample = next(iter(dataset)) if dataset is not None else {}
+        is_messages = "messages" in sample
+        if args.assistant_only_loss is None:
+            args.assistant_only_loss = is_messages
+        processor = kwargs.get("processing_class")
+        if not (args.assistant_only_loss and is_messages and kwargs.get("data_collator") is None and processor):
+            return None
+        try:
+            get_training_chat_template(processor)  # None: the template is marked; a string: TRL has a marked copy
+            return None
+        except ValueError:
+            pass
+        turn_ids = chatml_turn_ids(getattr(processor, "tokenizer", processor))
+        logger.info("The chat template has no generation markers: the assistant turns are found by ChatML boundaries.")
+        args.assistant_only_loss = False  # for SFTTrainer, which would refuse the template; restored after it
+        return turn_ids
 
     # ------------------------------------------------------------------ loss
 
@@ -165,51 +228,116 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             progress, self.args.reg_weight_start, self.args.reg_weight_end, self.args.reg_weight_schedule
         )
 
-    def _ignore_vision_tokens(self, input_ids: torch.LongTensor, labels: torch.LongTensor) -> torch.LongTensor:
-        """Labels with -100 at the image/video placeholders and the vision start/end tokens (TRL's collator keeps them)."""
-        ignored = torch.isin(input_ids, self._vision_token_ids.to(input_ids.device))
-        return labels.masked_fill(ignored.to(labels.device), -100)
+    def _record_scores(self, module, inputs, scores) -> None:
+        self._latest_scores = (scores.detach(), list(inputs[1]))
 
-    def _log_metric(self, mode: str, name: str, value: torch.Tensor | float) -> None:
+    def _log_metric(self, mode: str, name: str, value: torch.Tensor | float) -> float:
         value = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).detach().reshape(1)
-        self._metrics[mode][name].append(self.accelerator.gather(value).mean().item())
+        mean = self.accelerator.gather(value).mean().item()
+        self._metrics[mode][name].append(mean)
+        return mean
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         inputs = {**inputs, "use_cache": False}
-        labels = inputs.get("labels")
+        labels = inputs.pop("labels", None)
         if labels is not None:
-            labels = inputs["labels"] = self._ignore_vision_tokens(inputs["input_ids"], labels)
-
+            # The collator did it already, unless `compute_loss` is called on a batch of another: no loss at the
+            # vision tokens.
+            vision = torch.isin(inputs["input_ids"], self._vision_token_ids.to(inputs["input_ids"].device))
+            labels = labels.masked_fill(vision.to(labels.device), IGNORE_INDEX)
         # The model's own forward, not `fused_lm_head=True`: the fused head calls the backbone directly, which would
-        # skip the scorer and its soft mask.
-        outputs = model(**inputs)
-        ce_loss = outputs.loss
-        loss = ce_loss
+        # skip the scorer and its soft mask. In training the logits cover the whole sequence; in eval the pruned one,
+        # and the model returns the labels pruned alike.
+        training = self.model.training
+        outputs = model(**inputs, **({} if training or labels is None else {"labels": labels}))
+        if not training and labels is not None:
+            labels = outputs.labels
+
+        loss = ce_loss = None
+        if labels is not None:
+            logits = outputs.logits[:, :-1]  # (B, L - 1, V)
+            targets = labels[:, 1:].to(logits.device)  # (B, L - 1)
+            token_losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+            num_tokens = (targets != IGNORE_INDEX).sum()
+            ce_loss = token_losses.sum() / num_tokens.clamp(min=1)
+            if num_items_in_batch is None:
+                loss = ce_loss
+            else:
+                # A mean over the supervised tokens of the whole step: every micro-batch and every rank. `Trainer`
+                # then neither divides by the accumulation steps nor lets DDP's gradient average shrink it.
+                loss = token_losses.sum() / torch.as_tensor(num_items_in_batch).clamp(min=1)
+                if self.args.average_tokens_across_devices:
+                    loss = loss * self.accelerator.num_processes
+            self._log_metric(mode, "ce_loss", ce_loss)
+            self._log_token_accuracy(mode, logits, targets)
         if outputs.get("soft_mask") is not None:
             reg_weight = self.reg_weight
             reg_loss = mask_regularization(outputs.soft_mask, outputs.hard_mask)
-            loss = ce_loss + reg_weight * reg_loss
+            # A per-micro-batch mean; averaged over the accumulation steps where the CE is normalised for the step.
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            weighted = reg_weight * reg_loss / steps
+            loss = weighted if loss is None else loss + weighted
             self._log_metric(mode, "reg_loss", reg_loss)
             self._log_metric(mode, "reg_weight", reg_weight)
-            self._log_metric(mode, "mask_sharpness", mask_sharpness(outputs.soft_mask))
             self._log_metric(mode, "mask_hard_distance", mask_hard_distance(outputs.soft_mask, outputs.hard_mask))
-        if ce_loss is not None:
-            self._log_metric(mode, "ce_loss", ce_loss)
+            sharpness = self._log_metric(mode, "mask_sharpness", mask_sharpness(outputs.soft_mask))
+            self._warn_if_saturated(sharpness)
+        if self._latest_scores is not None and outputs.get("soft_mask") is not None:
+            scores, lengths = self._latest_scores
+            spread = torch.stack([item.float().std(correction=0) for item in torch.split(scores, lengths)]).mean()
+            self._log_metric(mode, "score_std", spread)
+        if loss is None:
+            loss = outputs.loss
 
-        # Token accuracy, where the logits cover the whole sequence (in eval the pruned sequence is shorter).
-        if labels is not None and outputs.logits is not None and outputs.logits.shape[1] == labels.shape[1]:
-            with torch.no_grad():
-                shifted = labels[:, 1:].to(outputs.logits.device)
-                valid = shifted != -100
-                correct = (outputs.logits[:, :-1].argmax(-1) == shifted) & valid
-                num_valid = self.accelerator.gather(valid.sum().reshape(1)).sum()
-                num_correct = self.accelerator.gather(correct.sum().reshape(1)).sum()
-                self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid.clamp(min=1)).item())
         if mode == "train" and "attention_mask" in inputs:
             self._total_train_tokens += self.accelerator.gather(inputs["attention_mask"].sum().reshape(1)).sum().item()
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        if return_outputs and labels is not None and not training:
+            outputs["labels"] = labels
         return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _log_token_accuracy(self, mode: str, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Counts correct and supervised tokens; `log` reports their ratio over everything since the last log."""
+        valid = targets != IGNORE_INDEX
+        correct = (logits.argmax(-1) == targets) & valid
+        counts = torch.stack([correct.sum(), valid.sum()]).reshape(1, 2)
+        num_correct, num_valid = self.accelerator.gather(counts).sum(0).tolist()
+        self._token_counts[mode][0] += num_correct
+        self._token_counts[mode][1] += num_valid
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        num_correct, num_valid = self._token_counts[mode]
+        if num_valid:
+            self._metrics[mode]["mean_token_accuracy"] = [num_correct / num_valid]
+        self._token_counts[mode] = [0, 0]
+        super().log(logs, start_time)
+
+    def _warn_if_saturated(self, sharpness: float) -> None:
+        step, total = self.state.global_step, self.state.max_steps
+        if self._warned_saturation or not self.model.training or not total or step >= EARLY_SHARE * total:
+            return
+        if sharpness > SATURATED_SHARPNESS:
+            self._warned_saturation = True
+            if self.accelerator.is_main_process:
+                warnings.warn(
+                    f"The soft top-k mask saturated early: mask_sharpness {sharpness:.3f} > {SATURATED_SHARPNESS} at "
+                    f"step {step} of {total}. The selection locks in before the scorer has learned which tokens "
+                    f"matter, and training then rarely recovers; the likely cause is a learning rate too high "
+                    f"(learning_rate={self.args.learning_rate:g}). Lower it (e.g. 10x) or lengthen the warmup.",
+                    stacklevel=2,
+                )
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys: list[str] | None = None):
+        """Evaluation on the pruned sequence: the logits and the labels returned are both the pruned ones."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, dict(inputs), return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), outputs.logits, outputs.get("labels")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -225,23 +353,18 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             self._saving_checkpoint = False
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Writes the full model with `save_pretrained`; inside a checkpoint, only the scorer (see the config)."""
+        """Writes the full model with `save_pretrained`; inside a checkpoint, the scorer-only artifact (see the config)."""
         if getattr(self, "_saving_checkpoint", False) and self._scorer_only_checkpoints():
             self._save_scorer(output_dir if output_dir is not None else self.args.output_dir)
         else:
             super().save_model(output_dir, _internal_call)
 
     def _save_scorer(self, output_dir: str) -> None:
+        """The artifact `save_scorer` writes (config with `scorer_only`, code, scorer weights, processor, card)."""
         if not self.args.should_save:
             return
-        os.makedirs(output_dir, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        safetensors.torch.save_file(
-            scorer_state_dict(model), os.path.join(output_dir, SCORER_CHECKPOINT_NAME), metadata={"format": "pt"}
-        )
-        model.config.save_pretrained(output_dir)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
+        save_scorer(model, output_dir, processor=self.processing_class)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _load_scorer(self, checkpoint: str, model=None) -> None:
