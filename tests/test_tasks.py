@@ -1,5 +1,5 @@
 """The synthetic task: seeded, one token per object, the answer needs all three squares, colour alone does not find
-them, and the budget of retention 0.1 holds the squares but not the distractors."""
+them, and the budget of retention 0.1 holds the squares but not the other shapes."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,6 @@ from visionselector.tasks import (
     CELL,
     COLOURS,
     IMAGE_SIZE,
-    OTHERS,
     PER_SHAPE,
     QUESTION,
     SHAPES,
@@ -82,10 +81,10 @@ def test_every_object_is_coloured_in_its_own_token_and_colour_alone_does_not_fin
         assert squares <= set(cells)
         # a square's colour is also on another shape in most images
         shared += any(cells[token] & set().union(*(cells[c] for c in cells if c not in squares)) for token in squares)
-    assert min(counts) == len(SHAPES) * PER_SHAPE + OTHERS[0] and max(counts) == len(SHAPES) * PER_SHAPE + OTHERS[1]
+    assert set(counts) == {len(SHAPES) * PER_SHAPE}
     assert shared >= 90
-    # retention 0.1 keeps 6 of the 64 tokens: room for the 3 squares, not for the 12-14 coloured objects
-    assert PER_SHAPE <= max(1, int(0.1 * 64)) < min(counts)
+    # retention 0.1 keeps 6 of the 64 tokens and 0.2 keeps 12: room for the 3 squares, not for the 18 objects
+    assert PER_SHAPE <= max(1, int(0.1 * 64)) < max(1, int(0.2 * 64)) < min(counts)
 
 
 def test_random_tenth_of_tokens_almost_never_keeps_all_squares():
@@ -98,6 +97,7 @@ def test_answers_are_balanced():
     colours = [colour for sample in make_samples(700, seed=0) for colour in sample.answer.split()]
     counts = np.array([colours.count(colour) for colour in COLOURS])
     assert counts.min() > 220  # 300 expected each
+    assert len({sample.answer for sample in make_samples(700, seed=0)}) == 35  # every 3 of the 7 colours
 
 
 def test_tokens_covered_in_raster_order():
@@ -168,8 +168,6 @@ def test_answer_accuracy_needs_every_answer_token(task_processor):
     # row 0: the last colour wrong; row 1: the end of turn; row 2: the first colour; row 3: only the prediction
     # after the end of turn, which is no part of the answer
     assert answer_accuracy(_Echo(vocab, {0: 3, 1: 2, 2: 5, 3: 1}), [batch]) == 0.25
-    with pytest.raises(ValueError, match="with_answers=True"):
-        answer_accuracy(_Echo(vocab, {}), [task_inputs(task_processor, samples)])
 
 
 def test_task_dataset_draws_conversational_examples():
@@ -183,3 +181,32 @@ def test_task_dataset_draws_conversational_examples():
     assert np.array_equal(np.asarray(row["images"][0]), np.asarray(sample.image))
     circles = task_dataset(2, seed=40, shape="circle")[0]
     assert circles["prompt"][0]["content"][1]["text"] == question("circle")
+
+
+
+class _Writer(torch.nn.Module):
+    """A fake model whose `generate` appends fixed continuations to the prompts (a shorter one is padded)."""
+
+    def __init__(self, continuations: list[list[int]]):
+        super().__init__()
+        self.continuations = continuations
+
+    def generate(self, input_ids, max_new_tokens, **kwargs):
+        width = max(len(c) for c in self.continuations)
+        new = torch.tensor([c + [0] * (width - len(c)) for c in self.continuations])[:, :max_new_tokens]
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_answer_accuracy_by_generation_needs_every_answer_token(task_processor):
+    samples = make_samples(4, seed=30)
+    prompts, answer_ids = task_inputs(task_processor, samples)
+    answers = [row.tolist() for row in answer_ids]  # 3 colours and the end of turn each
+    eos = task_processor.tokenizer.eos_token_id
+    continuations = [
+        answers[0],  # right
+        answers[1][:2] + [answers[1][0], eos],  # the last colour wrong
+        answers[2][:3],  # stopped without the end of turn
+        answers[3][:3] + [eos],  # right
+    ]
+    assert answer_accuracy(_Writer(continuations), [(prompts, answer_ids)]) == 0.5
+    assert answer_accuracy(_Writer(answers), [(prompts, answer_ids)]) == 1.0

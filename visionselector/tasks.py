@@ -1,19 +1,20 @@
 """A synthetic visual question-answering task whose answer needs several objects, more distinct objects than the
 retention budget keeps, and no outlier to find them by.
 
-"what colours are the squares": three small squares, each in its own colour, lie among three circles, three
-triangles and three to five diamonds and crosses, every shape coloured (colours repeat across shapes, so colour
-alone does not find the squares). The answer lists the squares' three colours in rainbow order ("red yellow
-blue"), so it is right only when all three squares reach the language model.
+"what colours are the squares": three small squares, each in its own colour, lie among three circles, triangles,
+diamonds, crosses and rings, every shape coloured (colours repeat across shapes, so colour alone does not find the
+squares). The answer lists the squares' three colours in rainbow order ("red yellow blue"), so it is right only
+when all three squares reach the language model.
 
 Every shape is drawn inside one cell of the 8 x 8 grid of merged 28 x 28 px visual tokens (the processor's
 224 x 224 px), so each object is exactly one token: the three squares fit in what retention 0.1 keeps (6 of 64
-tokens), but 12-14 coloured objects do not. A selector that spreads the budget over distinct tokens (`divprune`),
-or keeps the strongest ones (`norm`, `dart`: the squares are the smallest shapes), spends it on distractors; only
-a selector that knows which tokens the question needs keeps all three squares.
+tokens), but the 18 coloured objects do not fit even in what retention 0.2 keeps (12). A selector that spreads the
+budget over distinct tokens (`divprune`), or keeps the strongest ones (`norm`, `dart`: the squares are the
+smallest shapes), spends it on the other shapes; only a selector that knows which tokens the question needs keeps
+all three squares.
 
-The same images can be asked about circles or triangles (`make_sample(seed, shape="circle")`); the embedded
-checkpoint's backbone learnt all three questions, so its visual features single out no one shape, as a general
+The same images can be asked about any of the six shapes (`make_sample(seed, shape="circle")`); the embedded
+checkpoint's backbone learnt all six questions, so its visual features single out no one shape, as a general
 model's would not. The demo, the benchmarks and the scorer ask about squares.
 
 Everything is seeded: `make_samples(n, seed)` gives the same samples on every machine, so anyone can make
@@ -41,20 +42,19 @@ COLOURS = {
     "blue": (40, 60, 230),
     "purple": (150, 40, 190),
 }
-# Shapes a question can ask about (`PER_SHAPE` of each, in distinct colours), and shapes that are only distractors.
-SHAPES = ("square", "circle", "triangle")
-OTHER_SHAPES = ("diamond", "cross")
+# The shapes of every image, `PER_SHAPE` of each in distinct colours, and their names in questions.
+SHAPES = ("square", "circle", "triangle", "diamond", "cross", "ring")
+PLURALS = {"square": "squares", "circle": "circles", "triangle": "triangles", "diamond": "diamonds", "cross": "crosses", "ring": "rings"}
 PER_SHAPE = 3
-OTHERS = (3, 5)
 # Side in px of each shape (inclusive range); the squares are the smallest, so they are not the strongest tokens.
-SIDES = {"square": (14, 17), "circle": (20, 24), "triangle": (22, 26), "diamond": (22, 26), "cross": (20, 24)}
+SIDES = {"square": (14, 17), "circle": (20, 24), "triangle": (22, 26), "diamond": (22, 26), "cross": (20, 24), "ring": (20, 24)}
 
 
 def question(shape: str = "square") -> str:
     """The question about the shapes `shape` ("what colours are the squares")."""
     if shape not in SHAPES:
         raise ValueError(f"`shape` must be one of {SHAPES}, got {shape!r}.")
-    return f"what colours are the {shape}s"
+    return f"what colours are the {PLURALS[shape]}"
 
 
 QUESTION = question("square")
@@ -111,16 +111,18 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, left: int, top: int, side
         arm = side // 3
         draw.rectangle((left + arm, top, right - arm, bottom), fill=fill)
         draw.rectangle((left, top + arm, right, bottom - arm), fill=fill)
+    elif shape == "ring":  # a circle's outline, a fifth of the side thick
+        draw.ellipse((left, top, right, bottom), outline=fill, width=side // 5)
     else:
-        raise ValueError(f"Unknown shape {shape!r}; accepted: {SHAPES + OTHER_SHAPES}.")
+        raise ValueError(f"Unknown shape {shape!r}; accepted: {SHAPES}.")
 
 
 def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE) -> Sample:
     """The sample of `seed`: a question about the `shape`s of an image of coloured shapes.
 
-    On grey noise, `PER_SHAPE` squares, circles and triangles (the colours of one shape distinct) and `OTHERS[0]` to
-    `OTHERS[1]` diamonds and crosses (any colours), each in its own `CELL` x `CELL` px cell at a random offset, so
-    that each object lies inside exactly one merged visual token. The image depends on `seed` only, not on `shape`.
+    On grey noise, `PER_SHAPE` shapes of each of `SHAPES` (the colours of one shape distinct, colours repeating
+    across shapes), each in its own `CELL` x `CELL` px cell at a random offset, so that each object lies inside
+    exactly one merged visual token. The image depends on `seed` only, not on `shape`.
     """
     if size % CELL or size < 4 * CELL:
         raise ValueError(f"`size` must be a multiple of {CELL} px of at least {4 * CELL}, got {size}.")
@@ -131,10 +133,8 @@ def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE) -> Sam
     image = Image.fromarray(background)
     draw = ImageDraw.Draw(image)
     names = list(COLOURS)
-    # (shape, colour) of every object: distinct colours within each asked shape, any colours for the others
+    # (shape, colour) of every object: distinct colours within each shape
     objects = [(name, names[int(i)]) for name in SHAPES for i in rng.choice(len(names), size=PER_SHAPE, replace=False)]
-    others = int(rng.integers(OTHERS[0], OTHERS[1] + 1))
-    objects += [(OTHER_SHAPES[int(rng.integers(len(OTHER_SHAPES)))], names[int(rng.integers(len(names)))]) for _ in range(others)]
     grid = size // CELL
     cells = rng.choice(grid * grid, size=len(objects), replace=False)
     boxes = {}
@@ -166,7 +166,7 @@ def task_inputs(processor, samples: list[Sample], with_answers: bool = False):
     tokens followed by the end-of-turn token, right-aligned and left-padded with -100 to the longest (M tokens).
     Without answers, `inputs` is the prompt up to the assistant turn, so the next tokens are the answer. With
     answers, each prompt is followed by its answer and the end-of-turn token, and `inputs["labels"]` (`(B, L)`) is
-    -100 everywhere but there; these are the inputs `answer_accuracy` scores.
+    -100 everywhere but there: `answer_accuracy` scores these teacher-forced, in one forward pass.
     """
     tokenizer = processor.tokenizer
     if with_answers and tokenizer.padding_side != "left":
@@ -200,21 +200,29 @@ def task_inputs(processor, samples: list[Sample], with_answers: bool = False):
 def answer_accuracy(model, batches, **forward_kwargs) -> float:
     """Share of samples whose whole answer is right: exact match, every answer token and the end of turn.
 
-    `batches` are `task_inputs(processor, samples, with_answers=True)` pairs. One teacher-forced forward pass per
-    batch: a sample counts when the argmax at every answer position is the answer's token. That is exactly when
-    greedy generation after the prompt writes the answer and stops, at the cost of one pass instead of one per token.
-    `forward_kwargs` go to the model (`retention_ratio`, `selector`, ...); the random selector draws from torch's
-    global generator: seed it first for a fixed draw.
+    `batches` are `task_inputs(processor, samples, with_answers=...)` pairs. With answers (the fast way): one
+    teacher-forced forward pass per batch, and a sample counts when the argmax at every answer position is the
+    answer's token; that is exactly when greedy generation after the prompt writes the answer and stops. Without
+    answers: greedy generation (`model.generate`) of as many tokens as the longest answer, compared with the answer.
+    Both give the same count. `forward_kwargs` go to the model (`retention_ratio`, `selector`, ...); the random
+    selector draws from torch's global generator: seed it first for a fixed draw.
     """
     correct = total = 0
     for inputs, answer_ids in batches:
-        if "labels" not in inputs:
-            raise ValueError("`answer_accuracy` scores teacher-forced inputs: make them with `task_inputs(..., with_answers=True)`.")
-        inputs = {key: value for key, value in inputs.items() if key != "labels"}
         width = answer_ids.shape[1]
-        # the last `width + 1` positions; position t predicts token t + 1, so drop the prediction after the end
-        logits = model(**inputs, logits_to_keep=width + 1, **forward_kwargs).logits[:, :-1]  # (B, M, V)
-        right = (logits.argmax(-1).cpu() == answer_ids) | (answer_ids == -100)
+        if "labels" in inputs:
+            inputs = {key: value for key, value in inputs.items() if key != "labels"}
+            # the last `width + 1` positions; position t predicts token t + 1, so drop the prediction after the end
+            predicted = model(**inputs, logits_to_keep=width + 1, **forward_kwargs).logits[:, :-1].argmax(-1).cpu()
+        else:
+            output = model.generate(**inputs, max_new_tokens=width, do_sample=False, **forward_kwargs)
+            predicted = output[:, inputs["input_ids"].shape[1] :].cpu()  # (B, <= width): generation may stop early
+            predicted = torch.nn.functional.pad(predicted, (0, width - predicted.shape[1]), value=-1)
+            # right-align each row's prediction with its answer: a row whose answer has m tokens is judged on its
+            # first m generated tokens
+            lengths = (answer_ids != -100).sum(-1)
+            predicted = torch.stack([row.roll(int(width - length)) for row, length in zip(predicted, lengths)])
+        right = (predicted == answer_ids) | (answer_ids == -100)  # (B, M)
         correct += int(right.all(-1).sum())
         total += len(answer_ids)
     return correct / total
@@ -257,9 +265,8 @@ __all__ = [
     "COLOURS",
     "HELD_OUT_SEED",
     "IMAGE_SIZE",
-    "OTHERS",
-    "OTHER_SHAPES",
     "PER_SHAPE",
+    "PLURALS",
     "QUESTION",
     "SHAPES",
     "SIDES",
