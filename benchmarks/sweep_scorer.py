@@ -44,10 +44,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "visionselector" / "checkpoints" / "tiny-shapes"
 SCORER_TRAIN_SEED = 500_000  # the recipe's stage-2 seeds
 EVAL_RATIOS = (0.2, 0.1)
-
-
-def _floats(text: str) -> list[float]:
-    return [float(value) for value in text.split(",")]
+# Sweep axes: name -> (config field, which config, type, default values on the command line).
+AXES = {
+    "lr": ("learning_rate", "trainer", float, "5e-5,3e-4,1e-3,3e-3"),
+    "init_std": ("scorer_init_std", "model", float, "1e-4,0.02"),
+    "warmup": ("warmup_steps", "trainer", float, "default"),
+    "reg_start": ("reg_weight_start", "trainer", float, "default"),
+    "reg_end": ("reg_weight_end", "trainer", float, "default"),
+    "reg_schedule": ("reg_weight_schedule", "trainer", str, "default"),
+}
 
 
 def load_backbone(path: Path):
@@ -68,14 +73,14 @@ def load_backbone(path: Path):
     return backbone.eval()
 
 
-def train_and_evaluate(backbone, processor, batches, *, seed, learning_rate, init_std, warmup, reg_schedule, steps, batch_size):
+def train_and_evaluate(backbone, processor, batches, *, seed: int, setting: dict, steps: int, batch_size: int) -> dict:
+    """A fresh scorer trained with `setting` (axis name -> value; None: the default) and scored on `batches`."""
     from visionselector_training import VisionSelectorSFTConfig, VisionSelectorSFTTrainer
 
+    model_fields = {AXES[name][0]: value for name, value in setting.items() if value is not None and AXES[name][1] == "model"}
+    trainer_fields = {AXES[name][0]: value for name, value in setting.items() if value is not None and AXES[name][1] == "trainer"}
     torch.manual_seed(seed)
-    model = VisionSelectorForConditionalGeneration.from_backbone(
-        backbone, scorer_init_std=init_std, base_model_name_or_path=None
-    )
-    overrides = {"learning_rate": learning_rate, "warmup_steps": warmup, "reg_weight_schedule": reg_schedule}
+    model = VisionSelectorForConditionalGeneration.from_backbone(backbone, base_model_name_or_path=None, **model_fields)
     with tempfile.TemporaryDirectory() as output_dir:
         args = VisionSelectorSFTConfig(
             output_dir=output_dir,
@@ -90,7 +95,7 @@ def train_and_evaluate(backbone, processor, batches, *, seed, learning_rate, ini
             dataloader_num_workers=0,
             disable_tqdm=True,
             remove_unused_columns=False,  # the dataset stores seeds and draws the examples when read
-            **{key: value for key, value in overrides.items() if value is not None},
+            **trainer_fields,
         )
         trainer = VisionSelectorSFTTrainer(
             model, args=args, train_dataset=task_dataset(steps * batch_size, seed=SCORER_TRAIN_SEED), processing_class=processor
@@ -107,6 +112,7 @@ def train_and_evaluate(backbone, processor, batches, *, seed, learning_rate, ini
         "accuracy": accuracy,
         "sharpness_first_fifth": early[-1] if early else None,
         "sharpness_end": logs[-1]["mask_sharpness"] if logs else None,
+        "ce_loss_end": logs[-1].get("ce_loss") if logs else None,
         "train_s": seconds,
     }
 
@@ -155,9 +161,7 @@ def run_one(model_path: str, eval_samples: int, threads: int, setting: dict, see
     """One training run of the grid (in a worker process with `--jobs` > 1)."""
     loaded = _load(model_path, eval_samples, threads)
     return train_and_evaluate(
-        loaded["backbone"], loaded["processor"], loaded["batches"], seed=seed, learning_rate=setting["lr"],
-        init_std=setting["init_std"], warmup=setting["warmup"], reg_schedule=setting["reg_schedule"], steps=steps,
-        batch_size=batch_size,
+        loaded["backbone"], loaded["processor"], loaded["batches"], seed=seed, setting=setting, steps=steps, batch_size=batch_size
     )
 
 
@@ -165,10 +169,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a stock Qwen2.5-VL or VisionSelector folder with its processor; its backbone is used (default: the embedded checkpoint)")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (scorer init and data order)")
-    parser.add_argument("--lrs", default="5e-5,3e-4,1e-3,3e-3", help="learning rates")
-    parser.add_argument("--init-stds", default="1e-4,0.02", help="scorer_init_std values")
-    parser.add_argument("--warmups", default="default", help="warmup_steps values (`default`: the config's)")
-    parser.add_argument("--reg-schedules", default="default", help="reg_weight_schedule values (`default`: the config's)")
+    for name, (field, where, kind, default) in AXES.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}s", default=default, help=f"`{field}` values, comma separated ({where} config; `default`: its default)"
+        )
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-samples", type=int, default=300)
@@ -186,10 +190,9 @@ def main(argv=None):
     print(f"backbone with all tokens: {full:.3f} on {args.eval_samples} validation samples", file=sys.stderr)
 
     grid = {
-        "lr": _floats(args.lrs),
-        "init_std": _floats(args.init_stds),
-        "warmup": [None] if args.warmups == "default" else _floats(args.warmups),
-        "reg_schedule": [None] if args.reg_schedules == "default" else args.reg_schedules.split(","),
+        name: [None] if values == "default" else [kind(value) for value in values.split(",")]
+        for name, (_, _, kind, _) in AXES.items()
+        for values in [getattr(args, f"{name}s")]
     }
     grid_keys = [key for key, values in grid.items() if values != [None]]
     jobs = [

@@ -79,6 +79,20 @@ def test_learned_scorer_beats_every_training_free_selector_at_a_tenth(embedded, 
     assert learned >= max(training_free.values()) + 0.1, (learned, training_free)
 
 
+def test_whole_answer_accuracy_by_generation_equals_teacher_forcing(embedded):
+    # Teacher forcing counts a sample when the argmax at every answer position is right; greedy generation must
+    # then write exactly the answer. Both ways must count the same samples, right and wrong ones alike.
+    model, processor = embedded
+    samples = make_samples(50, seed=TEST_SEED + 1_000)
+    forced = [task_inputs(processor, samples, with_answers=True)]
+    prompts = [task_inputs(processor, samples)]
+    counts = {}
+    for selector in ("learned", "divprune"):
+        counts[selector] = answer_accuracy(model, forced, retention_ratio=0.1, selector=selector)
+        assert answer_accuracy(model, prompts, retention_ratio=0.1, selector=selector) == counts[selector]
+    assert 0.0 < counts["divprune"] < 1.0 and counts["learned"] > 0.5, counts  # right and wrong answers both checked
+
+
 # ---------------------------------------------------------------------- the command, in a subprocess
 
 
