@@ -425,3 +425,18 @@ def test_default_learning_rate_does_not_warn(tmp_path, dataset):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         trainer.train()
+
+
+# ---------------------------------------------------------------- seeds (found with the distributed test)
+
+
+def test_fresh_scorer_follows_the_seed(tmp_path, dataset):
+    """A scorer drawn for a stock backbone depends on `args.seed` only: every rank and every run start alike."""
+    backbone_dir = write_tiny_backbone(str(tmp_path / "backbone"))
+    scorers = []
+    for seed, noise in ((0, 1), (0, 2), (1, 1)):
+        torch.manual_seed(noise)  # whatever the global generator holds before
+        trainer = make_trainer(tmp_path, dataset, model=backbone_dir, seed=seed)
+        scorers.append(trainer.model.scorer.k_proj.weight.detach().clone())
+    assert torch.equal(scorers[0], scorers[1])
+    assert not torch.equal(scorers[0], scorers[2])

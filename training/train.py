@@ -64,13 +64,14 @@ def load_training_dataset(name: str, config: str | None = None, streaming: bool 
 
 
 def main(script_args, training_args: VisionSelectorSFTConfig, model_args) -> VisionSelectorSFTTrainer:
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor, set_seed
 
     if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
         raise ValueError("PEFT and quantized backbones are not supported: only the scorer is trained.")
     if script_args.dataset_name is None:
         raise ValueError("`--dataset_name` is required: a local .json/.jsonl file or a Hub dataset.")
 
+    set_seed(training_args.seed)  # the fresh scorer of a stock backbone is drawn while loading
     model = load_visionselector(
         model_args.model_name_or_path,
         revision=model_args.model_revision,

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedConfig, Qwen2_5_VLForConditionalGeneration, TrainingArguments
+from transformers import PreTrainedConfig, Qwen2_5_VLForConditionalGeneration, TrainingArguments, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 from trl import SFTTrainer
@@ -128,6 +128,8 @@ class VisionSelectorSFTTrainer(SFTTrainer):
                 f"loss_type={args.loss_type!r}, label_smoothing_factor={args.label_smoothing_factor!r} and "
                 f"compute_loss_func={kwargs.get('compute_loss_func')!r}, expected 'nll', 0 and None."
             )
+        if isinstance(model, str) or (isinstance(model, Qwen2_5_VLForConditionalGeneration) and not _is_visionselector(model)):
+            set_seed(args.seed)  # a fresh scorer is drawn below: the same on every rank and in every run of a seed
         if isinstance(model, str):
             model = load_visionselector(model, **(args.model_init_kwargs or {}))
             args.model_init_kwargs = None  # used here; SFTTrainer would warn that a loaded model ignores them
