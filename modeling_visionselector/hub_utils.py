@@ -73,6 +73,8 @@ def scorer_only_config(
             "A scorer-only artifact needs the backbone it was trained on: pass `base_model_name_or_path` (a Hub id "
             "such as 'Qwen/Qwen2.5-VL-7B-Instruct'), or build the model with `from_backbone(<id>)`."
         )
+    if os.path.isdir(config.base_model_name_or_path):  # a local backbone: found from any directory
+        config.base_model_name_or_path = os.path.abspath(config.base_model_name_or_path)
     config.scorer_only = True
     config.auto_map = dict(AUTO_MAP)  # the code ships with the artifact: plain `module.Class` references
     config.architectures = [VisionSelectorForConditionalGeneration.__name__]
@@ -372,7 +374,8 @@ def convert_checkpoint_to_scorer(
     if isinstance(processor, str) and processor == "checkpoint":
         from transformers import AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(checkpoint, **hub_kwargs)
+        # the processor is the stock one: the checkpoint's auto_map names only the model's remote code
+        processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=False, **hub_kwargs)
     return _write_scorer_artifact(
         save_directory,
         config,

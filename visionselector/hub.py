@@ -78,7 +78,10 @@ def _processor(value: str):
 
 
 def main(argv: list[str] | None = None, api=None) -> int:
-    """Runs `visionselector-hub <save|convert|push> ...`; `api` (an `HfApi`) is for tests."""
+    """Runs `visionselector-hub <save|convert|push> ...`; `api` (an `HfApi`) is for tests.
+
+    Returns 0 on success, 2 on a usage error or a failure, which is printed as one `error:` line.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
         print(__doc__ + f"\nCommands: {', '.join(COMMANDS)}; `<command> --help` lists the options.", file=sys.stderr)
@@ -86,6 +89,26 @@ def main(argv: list[str] | None = None, api=None) -> int:
     command = argv[0]
     parser = HfArgumentParser((ScorerArguments, COMMANDS[command]), prog=f"visionselector-hub {command}")
     scorer_args, command_args = parser.parse_args_into_dataclasses(args=argv[1:])
+    try:
+        _run(command, scorer_args, command_args, api)
+    except (ValueError, OSError) as error:
+        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(command: str, scorer_args: ScorerArguments, command_args, api) -> None:
+    from modeling_visionselector import VisionSelectorConfig
+
+    try:
+        stored, _ = VisionSelectorConfig.get_config_dict(scorer_args.checkpoint)
+    except OSError as error:
+        raise OSError(f"cannot read the config of --checkpoint {scorer_args.checkpoint!r}: {error}") from error
+    if not scorer_args.base_model and not stored.get("base_model_name_or_path"):
+        raise ValueError(
+            f"the config of {scorer_args.checkpoint} names no backbone (the paper's releases don't): pass "
+            "--base_model with the Hub id the scorer was trained on, e.g. --base_model Qwen/Qwen2.5-VL-7B-Instruct"
+        )
     common = dict(
         base_model_name_or_path=scorer_args.base_model,
         base_model_revision=scorer_args.base_model_revision,
@@ -110,7 +133,6 @@ def main(argv: list[str] | None = None, api=None) -> int:
     else:
         folder = convert_checkpoint_to_scorer(scorer_args.checkpoint, command_args.output_dir, **common)
         print(f"Wrote the scorer-only artifact to {folder}")
-    return 0
 
 
 if __name__ == "__main__":
