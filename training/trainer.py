@@ -128,12 +128,13 @@ class VisionSelectorSFTTrainer(SFTTrainer):
                 f"loss_type={args.loss_type!r}, label_smoothing_factor={args.label_smoothing_factor!r} and "
                 f"compute_loss_func={kwargs.get('compute_loss_func')!r}, expected 'nll', 0 and None."
             )
-        if isinstance(model, str) or (isinstance(model, Qwen2_5_VLForConditionalGeneration) and not _is_visionselector(model)):
-            set_seed(args.seed)  # a fresh scorer is drawn below: the same on every rank and in every run of a seed
+        stock = isinstance(model, Qwen2_5_VLForConditionalGeneration) and not _is_visionselector(model)
+        if isinstance(model, str) or stock:
+            set_seed(args.seed)  # a fresh scorer may be drawn below: the same on every rank and in every run of a seed
         if isinstance(model, str):
             model = load_visionselector(model, **(args.model_init_kwargs or {}))
             args.model_init_kwargs = None  # used here; SFTTrainer would warn that a loaded model ignores them
-        elif isinstance(model, Qwen2_5_VLForConditionalGeneration) and not _is_visionselector(model):
+        elif stock:
             model = VisionSelectorForConditionalGeneration.from_backbone(model)
         if not _is_visionselector(model):
             raise ValueError(
@@ -176,9 +177,6 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         half = next(scorer.parameters()).dtype in (torch.float16, torch.bfloat16)
         if half and (args.bf16 or args.fp16) and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             scorer.float()
-        # The scores of the latest forward, for the `score_std` diagnostic.
-        self._latest_scores = None
-        scorer.register_forward_hook(self._record_scores)
         self._warned_saturation = False
         self._token_counts = {"train": [0, 0], "eval": [0, 0]}  # correct and supervised tokens since the last log
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -230,9 +228,6 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             progress, self.args.reg_weight_start, self.args.reg_weight_end, self.args.reg_weight_schedule
         )
 
-    def _record_scores(self, module, inputs, scores) -> None:
-        self._latest_scores = (scores.detach(), list(inputs[1]))
-
     def _log_metric(self, mode: str, name: str, value: torch.Tensor | float) -> float:
         value = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).detach().reshape(1)
         mean = self.accelerator.gather(value).mean().item()
@@ -252,7 +247,12 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         # skip the scorer and its soft mask. In training the logits cover the whole sequence; in eval the pruned one,
         # and the model returns the labels pruned alike.
         training = self.model.training
-        outputs = model(**inputs, **({} if training or labels is None else {"labels": labels}))
+        scored = []  # the scorer's output and item lengths, for the `score_std` diagnostic
+        hook = self.model.scorer.register_forward_hook(lambda _, args, scores: scored.append((scores.detach(), args[1])))
+        try:
+            outputs = model(**inputs, **({} if training or labels is None else {"labels": labels}))
+        finally:
+            hook.remove()
         if not training and labels is not None:
             labels = outputs.labels
 
@@ -260,7 +260,9 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         if labels is not None:
             logits = outputs.logits[:, :-1]  # (B, L - 1, V)
             targets = labels[:, 1:].to(logits.device)  # (B, L - 1)
-            token_losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+            token_losses = F.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+            )
             num_tokens = (targets != IGNORE_INDEX).sum()
             ce_loss = token_losses.sum() / num_tokens.clamp(min=1)
             if num_items_in_batch is None:
@@ -285,10 +287,10 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             self._log_metric(mode, "mask_hard_distance", mask_hard_distance(outputs.soft_mask, outputs.hard_mask))
             sharpness = self._log_metric(mode, "mask_sharpness", mask_sharpness(outputs.soft_mask))
             self._warn_if_saturated(sharpness)
-        if self._latest_scores is not None and outputs.get("soft_mask") is not None:
-            scores, lengths = self._latest_scores
-            spread = torch.stack([item.float().std(correction=0) for item in torch.split(scores, lengths)]).mean()
-            self._log_metric(mode, "score_std", spread)
+            if scored:
+                scores, lengths = scored[-1]
+                spread = torch.stack([item.float().std(correction=0) for item in torch.split(scores, list(lengths))])
+                self._log_metric(mode, "score_std", spread.mean())
         if loss is None:
             loss = outputs.loss
 
@@ -337,9 +339,10 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, outputs = self.compute_loss(model, dict(inputs), return_outputs=True)
+        loss = loss.detach() if loss is not None else None
         if prediction_loss_only:
-            return loss.detach(), None, None
-        return loss.detach(), outputs.logits, outputs.get("labels")
+            return loss, None, None
+        return loss, outputs.logits, outputs.get("labels")
 
     # ------------------------------------------------------------------ checkpoints
 
