@@ -191,3 +191,40 @@ def test_full_and_scorer_only_checkpoints_load_with_remote_code(family, auto_cla
         assert type(loaded).__module__.startswith("transformers_modules")  # the shipped code, not this package
         with torch.no_grad():
             torch.testing.assert_close(loaded(**inputs, retention_ratio=0.3).logits, expected, atol=0, rtol=0)
+
+
+def test_the_trainer_changes_only_the_scorer(family, tmp_path):
+    import numpy as np
+    from datasets import Dataset
+    from PIL import Image
+
+    from visionselector_training import VisionSelectorSFTConfig, VisionSelectorSFTTrainer
+
+    processor, _, _ = family_setup(family)
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "images": [Image.fromarray(rng.integers(0, 256, (side(family, 3), side(family, 3), 3), dtype=np.uint8))],
+            "messages": [
+                {"role": "user", "content": "what is the colour of the square"},
+                {"role": "assistant", "content": answer},
+            ],
+        }
+        for answer in ["red", "green", "blue", "yellow"]
+    ]
+    args = VisionSelectorSFTConfig(
+        output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, max_steps=3, per_device_train_batch_size=2,
+        learning_rate=1e-2, warmup_steps=0, save_strategy="no", report_to="none", seed=0, disable_tqdm=True,
+    )
+    trainer = VisionSelectorSFTTrainer(
+        tiny_model(family, seed=2), args=args, train_dataset=Dataset.from_list(rows), processing_class=processor
+    )
+    assert type(trainer.model) is VISIONSELECTOR_CLASSES[family]
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    for name, parameter in trainer.model.named_parameters():
+        changed = not torch.equal(parameter, before[name])
+        if not name.startswith("scorer."):
+            assert not changed, name
+        elif name != "scorer.q_proj.bias":  # it shifts every score of an item alike: its gradient is ~0
+            assert changed, name
