@@ -228,3 +228,23 @@ def test_the_trainer_changes_only_the_scorer(family, tmp_path):
             assert not changed, name
         elif name != "scorer.q_proj.bias":  # it shifts every score of an item alike: its gradient is ~0
             assert changed, name
+
+
+def test_generate_command_runs_a_checkpoint_of_the_family(family, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from visionselector.cli import main
+
+    processor, _, model = family_setup(family)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    image = np.random.default_rng(0).integers(0, 256, (side(family, 4), side(family, 4), 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "image.png")
+    code = main([
+        "generate", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "image.png"),
+        "--prompt", "what is the colour of the square", "--retention-ratio", "0.25", "--max-new-tokens", "2",
+        "--device", "cpu",
+    ])
+    assert code == 0
+    assert "kept 4 of 16 visual tokens (retention 0.25" in capsys.readouterr().err
