@@ -12,6 +12,7 @@ from modeling_visionselector import (
     VisionSelectorForConditionalGeneration,
     VisionSelectorScorer,
 )
+from oracle import masked_attention
 from visionselector.tiny import tiny_qwen2_5_vl, tiny_qwen2_5_vl_config
 
 ONE_IMAGE_EACH = [[("image", 56, 84)], [("image", 84, 84)]]
@@ -183,10 +184,18 @@ def test_labels_are_compressed_with_the_sequence(model, make_inputs):
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
     with torch.no_grad():
         out = model(**inputs, labels=labels, retention_ratio=0.25)
-    assert out.loss is not None and torch.isfinite(out.loss)
-    # the same loss, computed by hand on the compressed logits
     kept_tokens = out.attention_mask.bool()
     assert int(kept_tokens.sum()) < int(inputs["attention_mask"].sum())
+    # the returned labels are the caller's labels at the kept positions (found by the stock-only oracle) ...
+    kept_positions = masked_attention(inputs, model.config, out.kept_indices).bool()
+    for row in range(labels.shape[0]):
+        assert torch.equal(out.labels[row][kept_tokens[row]], labels[row][kept_positions[row]])
+    assert bool((out.labels[~kept_tokens] == -100).all())
+    # ... and the loss is the next-token cross-entropy of the pruned logits against them, computed by hand
+    expected = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), out.labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+    torch.testing.assert_close(out.loss, expected)
 
 
 # ---------------------------------------------------------------- training forward
