@@ -313,6 +313,23 @@ def test_plugin_runs_a_training_free_selector_on_a_stock_checkpoint(base_dir, pr
         VisionSelector(pretrained=str(base_dir), selector="learned", device="cpu")
 
 
+def test_task_generation_arguments_become_generate_keywords_and_stops():
+    from types import SimpleNamespace
+
+    from visionselector.lmms_eval_model import VisionSelector
+
+    plugin = SimpleNamespace(max_new_tokens=128)
+    greedy = {"max_new_tokens": 16, "temperature": 0, "top_p": 1.0, "num_beams": 1, "do_sample": False,
+              "until": ["\n\n", "ASSISTANT:"], "image_aspect_ratio": "original"}  # fmt: skip
+    assert VisionSelector._generation_arguments(plugin, greedy) == (
+        {"max_new_tokens": 16, "num_beams": 1, "do_sample": False}, ["ASSISTANT:"]
+    )
+    sampled = {"temperature": 0.7, "top_p": 0.9, "until": "Q:"}
+    assert VisionSelector._generation_arguments(plugin, sampled) == (
+        {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.9, "do_sample": True}, ["Q:"]
+    )
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

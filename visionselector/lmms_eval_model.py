@@ -276,7 +276,9 @@ class VisionSelector(lmms):
         until = gen_kwargs.get("until") or []
         if isinstance(until, str):
             until = [until]
-        return arguments, [stop for stop in until if stop]
+        # "\n\n" is the stop lmms-eval gives tasks that set none (its few-shot delimiter); it would cut a chat model's
+        # multi-paragraph answers, so it is dropped, as lmms-eval's own Qwen2.5-VL models do.
+        return arguments, [stop for stop in until if stop and stop != "\n\n"]
 
     @torch.no_grad()
     def _answer(self, batch: list[Instance]) -> list[GenerationResult]:
