@@ -97,6 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    from modeling_visionselector.selectors import SELECTORS
+
+    unknown = [selector for selector in args.selectors if selector not in SELECTORS]
+    if unknown:
+        parser.error(f"unknown selectors {', '.join(unknown)}; accepted: {', '.join(SELECTORS)}")
     for forbidden in ("retention_ratio=", "selector="):
         if any(part.strip().startswith(forbidden) for part in args.model_args.split(",")):
             parser.error(f"--model_args must not set {forbidden[:-1]}: use --ratios and --selectors")

@@ -313,6 +313,17 @@ def test_plugin_runs_a_training_free_selector_on_a_stock_checkpoint(base_dir, pr
         VisionSelector(pretrained=str(base_dir), selector="learned", device="cpu")
 
 
+def test_min_and_max_pixels_bound_the_processor(base_dir):
+    from visionselector.lmms_eval_model import VisionSelector
+
+    def grid(lmm):
+        return lmm.processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (448, 448))])["image_grid_thw"].tolist()
+
+    assert grid(VisionSelector(pretrained=str(base_dir), selector="random", device="cpu")) == [[1, 8, 8]]  # its max 112 x 112 px
+    bounded = VisionSelector(pretrained=str(base_dir), selector="random", device="cpu", min_pixels=28 * 28, max_pixels=56 * 56)
+    assert grid(bounded) == [[1, 4, 4]]
+
+
 def test_task_generation_arguments_become_generate_keywords_and_stops():
     from types import SimpleNamespace
 

@@ -52,6 +52,7 @@ def test_defaults_are_the_papers_tasks_and_r_1_is_always_run(paper_table):
         (["--ratios", "0"], "ratios must be numbers in"),
         (["--ratios", "a"], "ratios must be numbers in"),
         (["--selectors", ","], "comma-separated list"),
+        (["--selectors", "learned,best"], "unknown selectors best; accepted: learned, random"),
         (["--batch_size", "0"], "--batch_size must be >= 1"),
         (["--metric", "pope"], "task=metric"),
         (["--metric", "vqav2=exact_match"], "not in --tasks"),
