@@ -2,9 +2,12 @@
 
 Each generated batch holds 1-4 samples with 0-3 images of random grid sizes, some with a video. Properties:
 every row equals the same sample alone; prefill equals the stock-model oracle on the kept tokens; every item
-keeps max(1, int(r * n)) tokens; text tokens are never dropped; ratio 1.0 equals the stock model.
+keeps max(1, floor(r * n)) tokens (r read as the decimal it prints as); text tokens are never dropped; ratio 1.0 equals the stock model.
 Hypothesis runs derandomized (the same cases on every run), bounded by `max_examples`.
 """
+
+import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -44,9 +47,9 @@ def test_prefill_equals_the_oracle_and_keeps_the_right_tokens(model, stock_model
     torch.manual_seed(0)
     with torch.no_grad():
         out = model(**inputs, retention_ratio=ratio, selector=selector)
-    # every item keeps max(1, int(r * n)) distinct tokens
+    # every item keeps max(1, floor(r * n)) distinct tokens, r read as the decimal it prints as
     counts = visual_tokens_per_item(inputs)
-    assert [len(k) for k in out.kept_indices] == [max(1, int(ratio * n)) for n in counts]
+    assert [len(k) for k in out.kept_indices] == [max(1, math.floor(Fraction(repr(ratio)) * n)) for n in counts]
     assert all(torch.equal(k, k.unique()) and int(k.max()) < n for k, n in zip(out.kept_indices, counts))
     # text tokens are never dropped: the compressed rows hold exactly the text plus the kept visual tokens
     visual = torch.isin(inputs["input_ids"], torch.tensor([model.config.image_token_id, model.config.video_token_id]))
