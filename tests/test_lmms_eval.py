@@ -7,8 +7,9 @@ random selection at r = 0.2. The accuracy lmms-eval reports, and every answer it
 package's own batched `generate` gives on the same samples, counted with the task's own normalisation. lmms-eval
 batches 8 requests and the package's count 12, so the seeded random selection must not depend on the batch size.
 
-The plugin's loading paths (a scorer-only artifact, with and without its processor; a stock Qwen2.5-VL with a
-training-free selector) are checked in process on tiny random models.
+The plugin's loading paths (for every family: a full checkpoint and a scorer-only artifact through `AutoModel` with
+remote code, a stock checkpoint with a training-free selector) are checked in process on tiny random models: the
+plugin's answers to lmms-eval requests must be the package's own `generate` answers.
 """
 
 from __future__ import annotations
@@ -247,6 +248,7 @@ def fake_requests(task_dict_owner, images: list, question: str = "what is the co
 
 
 def reference_answers(model, processor, images, ratio, selector, question="what is the colour of the square"):
+    """The package's own batched `generate` on the requests of `fake_requests`."""
     text = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], add_generation_prompt=True
     )
@@ -258,59 +260,93 @@ def reference_answers(model, processor, images, ratio, selector, question="what 
     return processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-@pytest.fixture(scope="module")
-def tiny_images():
+def family_images(family: str) -> list:
+    """Three random images of different sizes (in merged tokens: 2 x 3, 3 x 2, 4 x 4) for the family's patch size."""
+    patch = 2 * (16 if family.startswith("qwen3") else 14)
     generator = torch.Generator().manual_seed(3)
-    return [Image.fromarray(torch.randint(0, 256, (56, 84, 3), generator=generator, dtype=torch.uint8).numpy()) for _ in range(3)]
+    return [
+        Image.fromarray(torch.randint(0, 256, (h * patch, w * patch, 3), generator=generator, dtype=torch.uint8).numpy())
+        for h, w in ((2, 3), (3, 2), (4, 4))
+    ]
 
 
-@pytest.fixture(scope="module")
-def base_dir(stock_model, processor, tmp_path_factory):
-    """A stock tiny Qwen2.5-VL checkpoint with its processor."""
-    folder = tmp_path_factory.mktemp("Qwen2.5-VL-tiny")
-    stock_model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+_FAMILY_FOLDERS = {}
 
 
-@pytest.fixture(scope="module")
-def trained(base_dir):
+def family_folders(family: str, root: Path) -> dict:
+    """Per family: a stock checkpoint, a full VisionSelector checkpoint and a scorer-only artifact (with its processor),
+    and the VisionSelector model (a scorer not at its initial value) the last two hold."""
+    from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer
+
+    from visionselector.tiny import tiny_model, tiny_processor
+
+    if family not in _FAMILY_FOLDERS:
+        patch = 16 if family.startswith("qwen3") else 14
+        processor = tiny_processor(min_pixels=(2 * patch) ** 2, max_pixels=(8 * patch) ** 2, family=family)
+        folders = {kind: root / f"{family}-{kind}" for kind in ("stock", "full", "scorer-only")}
+        tiny_model(family, seed=0).save_pretrained(folders["stock"])
+        processor.save_pretrained(folders["stock"])
+        torch.manual_seed(5)
+        trained = VisionSelectorForConditionalGeneration.from_backbone(str(folders["stock"])).eval()
+        with torch.no_grad():
+            for parameter in trained.scorer.parameters():
+                parameter.normal_()
+        trained.save_pretrained(folders["full"])
+        processor.save_pretrained(folders["full"])
+        save_scorer(trained, folders["scorer-only"], processor=processor, base_model_name_or_path=str(folders["stock"]))
+        _FAMILY_FOLDERS[family] = folders, trained, processor
+    return _FAMILY_FOLDERS[family]
+
+
+@pytest.mark.parametrize("kind", ["full", "scorer-only"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
+def test_plugin_loads_visionselector_checkpoints_of_every_family(family, kind, tmp_path_factory):
+    from visionselector.lmms_eval_model import VisionSelector
+
+    folders, trained, processor = family_folders(family, tmp_path_factory.getbasetemp() / "families")
+    lmm = VisionSelector(pretrained=str(folders[kind]), retention_ratio=0.5, device="cpu", batch_size=2)
+    assert type(lmm.model).__name__ == type(trained).__name__  # the remote code's class of the family
+    for name, value in trained.scorer.state_dict().items():
+        torch.testing.assert_close(lmm.model.scorer.state_dict()[name], value, rtol=0, atol=0)
+    images = family_images(family)
+    answers = [result.text for result in lmm.generate_until(fake_requests(lmm, images))]
+    assert answers == reference_answers(trained, processor, images, 0.5, "learned")
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
+def test_plugin_runs_a_training_free_selector_on_a_stock_checkpoint(family, tmp_path_factory):
     from modeling_visionselector import VisionSelectorForConditionalGeneration
 
-    torch.manual_seed(5)
-    model = VisionSelectorForConditionalGeneration.from_backbone(str(base_dir)).eval()
-    with torch.no_grad():
-        for parameter in model.scorer.parameters():
-            parameter.normal_()
-    return model
+    from visionselector.lmms_eval_model import VisionSelector
+
+    folders, _, processor = family_folders(family, tmp_path_factory.getbasetemp() / "families")
+    lmm = VisionSelector(pretrained=str(folders["stock"]), retention_ratio=0.5, selector="divprune", device="cpu", batch_size=2)
+    images = family_images(family)
+    answers = [result.text for result in lmm.generate_until(fake_requests(lmm, images))]
+    reference = VisionSelectorForConditionalGeneration.from_backbone(str(folders["stock"])).eval()
+    assert answers == reference_answers(reference, processor, images, 0.5, "divprune")
+    with pytest.raises(ValueError, match="stock checkpoint without a trained scorer"):
+        VisionSelector(pretrained=str(folders["stock"]), selector="learned", device="cpu")
 
 
-@pytest.mark.parametrize("with_processor", [True, False], ids=["own-processor", "backbone-processor"])
-def test_plugin_loads_a_scorer_only_artifact(with_processor, trained, base_dir, processor, tiny_images, tmp_path):
+def test_a_scorer_only_artifact_without_processor_uses_its_backbones(tmp_path_factory, tmp_path):
     from modeling_visionselector import save_scorer
 
     from visionselector.lmms_eval_model import VisionSelector
 
-    save_scorer(trained, tmp_path, processor=processor if with_processor else None, base_model_name_or_path=str(base_dir))
-    assert (tmp_path / "processor_config.json").exists() is with_processor
+    folders, trained, processor = family_folders("qwen2_5_vl", tmp_path_factory.getbasetemp() / "families")
+    save_scorer(trained, tmp_path, base_model_name_or_path=str(folders["stock"]))
+    assert not (tmp_path / "processor_config.json").exists()
     lmm = VisionSelector(pretrained=str(tmp_path), retention_ratio=0.5, device="cpu", batch_size=2)
-    for name, value in trained.scorer.state_dict().items():
-        torch.testing.assert_close(lmm.model.scorer.state_dict()[name], value, rtol=0, atol=0)
-    answers = [result.text for result in lmm.generate_until(fake_requests(lmm, tiny_images))]
-    assert answers == reference_answers(trained, processor, tiny_images, 0.5, "learned")
+    images = family_images("qwen2_5_vl")
+    answers = [result.text for result in lmm.generate_until(fake_requests(lmm, images))]
+    assert answers == reference_answers(trained, processor, images, 0.5, "learned")
 
 
-def test_plugin_runs_a_training_free_selector_on_a_stock_checkpoint(base_dir, processor, tiny_images):
-    from modeling_visionselector import VisionSelectorForConditionalGeneration
-
-    from visionselector.lmms_eval_model import VisionSelector
-
-    lmm = VisionSelector(pretrained=str(base_dir), retention_ratio=0.5, selector="divprune", device="cpu", batch_size=2)
-    answers = [result.text for result in lmm.generate_until(fake_requests(lmm, tiny_images))]
-    reference = VisionSelectorForConditionalGeneration.from_backbone(str(base_dir)).eval()
-    assert answers == reference_answers(reference, processor, tiny_images, 0.5, "divprune")
-    with pytest.raises(ValueError, match="stock checkpoint without a trained scorer"):
-        VisionSelector(pretrained=str(base_dir), selector="learned", device="cpu")
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """The stock tiny Qwen2.5-VL checkpoint (processor: 56 x 56 to 112 x 112 px)."""
+    return family_folders("qwen2_5_vl", tmp_path_factory.getbasetemp() / "families")[0]["stock"]
 
 
 def test_min_and_max_pixels_bound_the_processor(base_dir):
@@ -353,6 +389,7 @@ def test_task_generation_arguments_become_generate_keywords_and_stops():
         ({"dtype": "int8"}, "dtype"),
         ({"seed": 1.5}, "seed"),
         ({"max_pixels": 0}, "max_pixels"),
+        ({"min_pixels": 3136, "max_pixels": 784}, r"`min_pixels` \(3136\) must not exceed `max_pixels` \(784\)"),
         ({"temperature": 0.7}, r"Unknown model arguments \['temperature'\]"),
     ],
 )

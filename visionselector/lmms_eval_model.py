@@ -70,11 +70,13 @@ def manifest():
 
 
 def is_visionselector_checkpoint(pretrained: str, revision: str | None = None) -> bool:
-    """Whether `pretrained` holds a VisionSelector config (its `model_type` starts with `visionselector`)."""
-    from transformers import PretrainedConfig
+    """Whether `pretrained` holds a VisionSelector config (of any family the package supports)."""
+    from transformers import PreTrainedConfig
 
-    config_dict, _ = PretrainedConfig.get_config_dict(pretrained, revision=revision)
-    return str(config_dict.get("model_type", "")).startswith(MODEL_NAME)
+    from modeling_visionselector import VISIONSELECTOR_CLASSES
+
+    config_dict, _ = PreTrainedConfig.get_config_dict(pretrained, revision=revision)
+    return config_dict.get("model_type") in {model.config_class.model_type for model in VISIONSELECTOR_CLASSES.values()}
 
 
 def load_model(
@@ -97,24 +99,38 @@ def load_model(
         return AutoModel.from_pretrained(pretrained, trust_remote_code=True, **loading), True
     from modeling_visionselector import VisionSelectorForConditionalGeneration
 
+    # the VisionSelector class of the backbone's family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE)
     return VisionSelectorForConditionalGeneration.from_backbone(pretrained, **loading), False
 
 
 def load_processor(pretrained: str, model_config, *, revision: str | None = None, min_pixels=None, max_pixels=None):
-    """The checkpoint's processor (a scorer-only artifact without one: its backbone's), padding on the left."""
+    """The checkpoint's processor (a scorer-only artifact without one: its backbone's), padding on the left.
+
+    `min_pixels` / `max_pixels` replace the image and video processors' pixel bounds (their `size`'s
+    `shortest_edge` / `longest_edge`); the bound not given keeps its stored value.
+    """
     from transformers import AutoProcessor
 
-    pixels = {name: value for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value is not None}
-    # trust_remote_code=False: the processor is a stock one; the tokenizer would otherwise ask about the auto_map.
+    def load(source, source_revision, **kwargs):
+        # trust_remote_code=False: the processor is a stock one; the tokenizer would otherwise ask about the auto_map.
+        return AutoProcessor.from_pretrained(source, revision=source_revision, trust_remote_code=False, **kwargs)
+
+    source, source_revision = pretrained, revision
     try:
-        processor = AutoProcessor.from_pretrained(pretrained, revision=revision, trust_remote_code=False, **pixels)
+        processor = load(source, source_revision)
     except (OSError, ValueError):
-        base = getattr(model_config, "base_model_name_or_path", None)
-        if not base:
+        source = getattr(model_config, "base_model_name_or_path", None)
+        if not source:
             raise
-        processor = AutoProcessor.from_pretrained(
-            base, revision=getattr(model_config, "base_model_revision", None), trust_remote_code=False, **pixels
-        )
+        source_revision = getattr(model_config, "base_model_revision", None)
+        processor = load(source, source_revision)
+    if min_pixels is not None or max_pixels is not None:
+        stored = processor.image_processor.size
+        size = {
+            "shortest_edge": stored.shortest_edge if min_pixels is None else int(min_pixels),
+            "longest_edge": stored.longest_edge if max_pixels is None else int(max_pixels),
+        }
+        processor = load(source, source_revision, size=size)
     processor.tokenizer.padding_side = "left"
     return processor
 
@@ -166,6 +182,8 @@ class VisionSelector(lmms):
         for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
             if value is not None:
                 _positive_int(value, name)
+        if min_pixels is not None and max_pixels is not None and int(min_pixels) > int(max_pixels):
+            raise ValueError(f"`min_pixels` ({min_pixels}) must not exceed `max_pixels` ({max_pixels}).")
         if retention_ratio is not None:
             retention_ratio = validate_retention_ratio(retention_ratio, "retention_ratio")
 
