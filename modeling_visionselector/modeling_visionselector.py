@@ -43,7 +43,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.utils import ModelOutput, can_return_tuple, cached_file, logging
 
-from .compression import batch_padding_side, compress_batch, placeholder_keep_mask
+from .pruning import batch_padding_side, placeholder_keep_mask, prune_batch
 from .configuration_visionselector import (
     TRANSFORMERS_VERSION,
     VisionSelectorConfig,
@@ -516,7 +516,7 @@ class VisionSelectorMixin:
         pad_values = {"input_ids": 0 if pad_token_id is None else pad_token_id, "position_ids": 0, "labels": -100}
         if labels is not None:
             sequences["labels"] = labels
-        new_mask, gathered = compress_batch(
+        new_mask, gathered = prune_batch(
             keep, attention_mask, sequences, pad_values, padding_side or batch_padding_side(attention_mask)
         )
         positions = gathered["position_ids"]

@@ -110,7 +110,7 @@ def test_save_pretrained_round_trip_keeps_every_tensor(model, tmp_path):
 def test_remote_code_round_trip(model, make_inputs, tmp_path):
     """save_pretrained ships the code and a complete auto_map; the auto classes load it as remote code."""
     model.save_pretrained(tmp_path)
-    for name in ("modeling_visionselector.py", "configuration_visionselector.py", "scoring.py", "compression.py"):
+    for name in ("modeling_visionselector.py", "configuration_visionselector.py", "scoring.py", "pruning.py"):
         assert (tmp_path / name).is_file(), name
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoConfig"] == "configuration_visionselector.VisionSelectorConfig"
@@ -179,7 +179,7 @@ def test_missing_mm_token_type_ids_are_derived_from_input_ids(model, make_inputs
     assert torch.equal(model.generate(**without, **kwargs), model.generate(**inputs, **kwargs))
 
 
-def test_labels_are_compressed_with_the_sequence(model, make_inputs):
+def test_labels_are_pruned_with_the_sequence(model, make_inputs):
     inputs = make_inputs(ONE_IMAGE_EACH, padding_side="right")
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
     with torch.no_grad():

@@ -51,7 +51,7 @@ def test_prefill_equals_the_oracle_and_keeps_the_right_tokens(model, stock_model
     counts = visual_tokens_per_item(inputs)
     assert [len(k) for k in out.kept_indices] == [max(1, math.floor(Fraction(repr(ratio)) * n)) for n in counts]
     assert all(torch.equal(k, k.unique()) and int(k.max()) < n for k, n in zip(out.kept_indices, counts))
-    # text tokens are never dropped: the compressed rows hold exactly the text plus the kept visual tokens
+    # text tokens are never dropped: the pruned rows hold exactly the text plus the kept visual tokens
     visual = torch.isin(inputs["input_ids"], torch.tensor([model.config.image_token_id, model.config.video_token_id]))
     text = int(((inputs["attention_mask"] == 1) & ~visual).sum())
     assert int(out.attention_mask.sum()) == text + sum(len(k) for k in out.kept_indices)
