@@ -13,7 +13,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedConfig, Qwen2_5_VLForConditionalGeneration, TrainingArguments, set_seed
+from transformers import PreTrainedConfig, TrainingArguments, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 from trl import SFTTrainer
@@ -21,9 +21,10 @@ from trl.chat_template_utils import get_training_chat_template
 
 from modeling_visionselector import (
     SCORER_WEIGHTS_NAME,
-    VisionSelectorConfig,
+    VISIONSELECTOR_CLASSES,
     VisionSelectorForConditionalGeneration,
     save_scorer,
+    visionselector_class_for,
 )
 
 from .collator import IGNORE_INDEX, VisionSelectorCollator, chatml_turn_ids
@@ -44,11 +45,11 @@ SATURATED_SHARPNESS = 0.95
 EARLY_SHARE = 0.2
 
 
-def load_visionselector(model_name_or_path: str, **kwargs) -> VisionSelectorForConditionalGeneration:
-    """A VisionSelector from a folder or Hub id of either a VisionSelector or a stock Qwen2.5-VL.
+def load_visionselector(model_name_or_path: str, **kwargs):
+    """A VisionSelector from a folder or Hub id of either a VisionSelector or a stock Qwen-VL backbone of any family.
 
-    A stock Qwen2.5-VL is wrapped with [`VisionSelectorForConditionalGeneration.from_backbone`] (fresh scorer); a
-    VisionSelector is loaded with its trained scorer.
+    A stock backbone is wrapped with [`VisionSelectorForConditionalGeneration.from_backbone`] (fresh scorer) into the
+    VisionSelector class of its family; a VisionSelector is loaded with its trained scorer.
 
     Args:
         model_name_or_path (`str`): the checkpoint.
@@ -60,23 +61,17 @@ def load_visionselector(model_name_or_path: str, **kwargs) -> VisionSelectorForC
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
     config_dict, _ = PreTrainedConfig.get_config_dict(model_name_or_path, revision=kwargs.get("revision"))
     model_type = config_dict.get("model_type")
-    if model_type == VisionSelectorConfig.model_type:
-        return VisionSelectorForConditionalGeneration.from_pretrained(model_name_or_path, **kwargs)
-    if model_type == "qwen2_5_vl":
-        unsupported = sorted(set(kwargs) - set(_BACKBONE_LOADING_KWARGS))
-        if unsupported:
-            raise ValueError(
-                f"Loading a stock Qwen2.5-VL backbone accepts only {list(_BACKBONE_LOADING_KWARGS)}, got {unsupported}."
-            )
-        # A local backbone is recorded by its absolute path, so the saved checkpoints load from any directory.
-        base = os.path.abspath(model_name_or_path) if os.path.isdir(model_name_or_path) else model_name_or_path
-        return VisionSelectorForConditionalGeneration.from_backbone(
-            model_name_or_path, base_model_name_or_path=base, **kwargs
+    model_class = visionselector_class_for(model_type, repr(model_name_or_path))
+    if model_type == model_class.config_class.model_type:
+        return model_class.from_pretrained(model_name_or_path, **kwargs)
+    unsupported = sorted(set(kwargs) - set(_BACKBONE_LOADING_KWARGS))
+    if unsupported:
+        raise ValueError(
+            f"Loading a stock {model_type} backbone accepts only {list(_BACKBONE_LOADING_KWARGS)}, got {unsupported}."
         )
-    raise ValueError(
-        f"{model_name_or_path!r} is a {model_type!r} checkpoint; expected a stock Qwen2.5-VL ('qwen2_5_vl') or a "
-        f"VisionSelector ({VisionSelectorConfig.model_type!r})."
-    )
+    # A local backbone is recorded by its absolute path, so the saved checkpoints load from any directory.
+    base = os.path.abspath(model_name_or_path) if os.path.isdir(model_name_or_path) else model_name_or_path
+    return model_class.from_backbone(model_name_or_path, base_model_name_or_path=base, **kwargs)
 
 
 class VisionSelectorSFTTrainer(SFTTrainer):
@@ -101,8 +96,8 @@ class VisionSelectorSFTTrainer(SFTTrainer):
     `from_pretrained`), plus the optimizer, scheduler, RNG and trainer states; `save_model` writes the full model.
 
     Args:
-        model (`VisionSelectorForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration` or `str`):
-            the model; a stock Qwen2.5-VL (object or path) is wrapped with a fresh scorer. A path is loaded with
+        model (a VisionSelector model, a stock Qwen-VL model of a supported family, or `str`):
+            the model; a stock backbone (object or path) is wrapped with a fresh scorer. A path is loaded with
             `args.model_init_kwargs`.
         args ([`VisionSelectorSFTConfig`], *optional*): the configuration; other `TrainingArguments` are converted.
         **kwargs: the other arguments of [`~trl.SFTTrainer`] (`train_dataset`, `processing_class`, ...), except
@@ -128,7 +123,7 @@ class VisionSelectorSFTTrainer(SFTTrainer):
                 f"loss_type={args.loss_type!r}, label_smoothing_factor={args.label_smoothing_factor!r} and "
                 f"compute_loss_func={kwargs.get('compute_loss_func')!r}, expected 'nll', 0 and None."
             )
-        stock = isinstance(model, Qwen2_5_VLForConditionalGeneration) and not _is_visionselector(model)
+        stock = _is_stock_backbone(model)
         if isinstance(model, str) or stock:
             set_seed(args.seed)  # a fresh scorer may be drawn below: the same on every rank and in every run of a seed
         if isinstance(model, str):
@@ -138,7 +133,8 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             model = VisionSelectorForConditionalGeneration.from_backbone(model)
         if not _is_visionselector(model):
             raise ValueError(
-                f"VisionSelectorSFTTrainer needs a VisionSelector or a stock Qwen2.5-VL, got {type(model).__name__}."
+                f"VisionSelectorSFTTrainer needs a VisionSelector or a stock Qwen-VL backbone ({sorted(VISIONSELECTOR_CLASSES)}), "
+                f"got {type(model).__name__}."
             )
         model.config.train_retention_ratio = args.train_retention_ratio
         for name, parameter in model.named_parameters():
@@ -247,12 +243,7 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         # skip the scorer and its soft mask. In training the logits cover the whole sequence; in eval the pruned one,
         # and the model returns the labels pruned alike.
         training = self.model.training
-        scored = []  # the scorer's output and item lengths, for the `score_std` diagnostic
-        hook = self.model.scorer.register_forward_hook(lambda _, args, scores: scored.append((scores.detach(), args[1])))
-        try:
-            outputs = model(**inputs, **({} if training or labels is None else {"labels": labels}))
-        finally:
-            hook.remove()
+        outputs = model(**inputs, **({} if training or labels is None else {"labels": labels}))
         if not training and labels is not None:
             labels = outputs.labels
 
@@ -287,10 +278,9 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             self._log_metric(mode, "mask_hard_distance", mask_hard_distance(outputs.soft_mask, outputs.hard_mask))
             sharpness = self._log_metric(mode, "mask_sharpness", mask_sharpness(outputs.soft_mask))
             self._warn_if_saturated(sharpness)
-            if scored:
-                scores, lengths = scored[-1]
-                spread = torch.stack([item.float().std(correction=0) for item in torch.split(scores, list(lengths))])
-                self._log_metric(mode, "score_std", spread.mean())
+            if outputs.get("scores") is not None:
+                items = torch.split(outputs.scores.detach().float(), list(outputs.item_lengths))
+                self._log_metric(mode, "score_std", torch.stack([item.std(correction=0) for item in items]).mean())
         if loss is None:
             loss = outputs.loss
 
@@ -394,7 +384,13 @@ class VisionSelectorSFTTrainer(SFTTrainer):
 
 def _is_visionselector(model) -> bool:
     # By model type, not class: a model loaded with `trust_remote_code` has its own copy of the class.
-    return getattr(model.config, "model_type", None) == VisionSelectorConfig.model_type and hasattr(model, "scorer")
+    model_types = {selector_class.config_class.model_type for selector_class in VISIONSELECTOR_CLASSES.values()}
+    return getattr(model.config, "model_type", None) in model_types and hasattr(model, "scorer")
+
+
+def _is_stock_backbone(model) -> bool:
+    stock_classes = tuple(selector_class.stock_class for selector_class in VISIONSELECTOR_CLASSES.values())
+    return isinstance(model, stock_classes) and not _is_visionselector(model)
 
 
 __all__ = ["VisionSelectorSFTTrainer", "load_visionselector", "SCORER_CHECKPOINT_NAME"]
