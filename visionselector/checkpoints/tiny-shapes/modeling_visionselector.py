@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from dataclasses import dataclass
 
 import torch
@@ -310,14 +311,24 @@ class VisionSelectorMixin:
             name: value for name, value in {**kwargs, **hub_kwargs}.items() if name not in ("revision", "subfolder")
         }
         output_loading_info = backbone_kwargs.pop("output_loading_info", False)
-        model, loading_info = super().from_pretrained(
-            config.base_model_name_or_path,
-            *model_args,
-            config=config,
-            revision=config.base_model_revision or "main",
-            output_loading_info=True,
-            **backbone_kwargs,
-        )
+        base = config.base_model_name_or_path
+        source = f"the backbone {base!r} of the scorer-only artifact {pretrained_model_name_or_path}"
+        if _looks_like_a_path(base) and not os.path.isdir(base):
+            raise ValueError(
+                f"Cannot load {source} (its config's `base_model_name_or_path`): not a folder on this machine. Pass "
+                "`base_model_name_or_path=<folder or Hub id>` to `from_pretrained`, or fix it in the artifact's config."
+            )
+        try:
+            model, loading_info = super().from_pretrained(
+                base,
+                *model_args,
+                config=config,
+                revision=config.base_model_revision or "main",
+                output_loading_info=True,
+                **backbone_kwargs,
+            )
+        except OSError as error:
+            raise OSError(f"Cannot load {source} (its config's `base_model_name_or_path`): {error}") from error
         model.load_scorer(scorer_file)
         model.config.scorer_only = False  # the model is whole now; `save_pretrained` writes a full checkpoint
         model.config.name_or_path = str(pretrained_model_name_or_path)
@@ -791,6 +802,11 @@ def check_scorer_tensors(tensors: dict[str, torch.Tensor], config, source: str) 
             f"{source} does not fit the backbone (text hidden size {config.text_config.hidden_size}, "
             f"scorer_hidden_size {config.scorer_hidden_size}): " + "; ".join(mismatched) + "."
         )
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """Whether `name` can only be a local path: absolute, relative to `.`/`~`, or deeper than a Hub `org/name`."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or len(name.replace(os.sep, "/").split("/")) > 2
 
 
 # ---------------------------------------------------------------------------------------------------- families

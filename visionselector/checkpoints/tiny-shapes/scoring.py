@@ -75,8 +75,10 @@ class VisionSelectorScorer(nn.Module):
         counts = torch.as_tensor(lengths, device=features.device, dtype=accumulate)[:, None]
         mean_tokens = torch.zeros(len(lengths), features.shape[-1], device=features.device, dtype=accumulate)
         mean_tokens = mean_tokens.index_add(0, item, features.to(accumulate)) / counts  # (items, D)
-        mean_keys = self.k_proj(mean_tokens.to(features.dtype)).to(accumulate)  # (items, h)
-        queries = self.q_proj(features).to(accumulate)  # (N, h)
+        # In the projections' dtype: a trainer may keep the scorer in float32 on a half-precision backbone.
+        dtype = self.q_proj.weight.dtype
+        mean_keys = self.k_proj(mean_tokens.to(dtype)).to(accumulate)  # (items, h)
+        queries = self.q_proj(features.to(dtype)).to(accumulate)  # (N, h)
         return (queries * mean_keys[item]).sum(-1) / math.sqrt(self.hidden_size)  # (N,)
 
 
