@@ -1,9 +1,10 @@
 """Trains a tiny scorer with `VisionSelectorSFTTrainer`: run by `tests/test_distributed.py` under `accelerate launch`.
 
-usage: accelerate launch ... tests/distributed_train.py BACKBONE OUT [--no-resume]
+usage: accelerate launch ... tests/distributed_train.py BACKBONE OUT
 
-Trains 4 steps of 2 samples per process (a checkpoint after step 2), then, unless `--no-resume`, resumes a second
-run from that checkpoint; each rank writes the scorer of both runs to OUT/{full,resumed}-rank{RANK}.safetensors. The test compares them across
+Trains 4 steps of 2 samples per process (a checkpoint after step 2), then resumes a second run from that checkpoint;
+each rank writes the scorer of both runs to OUT/{full,resumed}-rank{RANK}.safetensors, and rank 0 the accelerate
+state to OUT/state.json. The test compares them across
 ranks and with one process that trains on the same global batches.
 """
 
@@ -68,32 +69,23 @@ def train(backbone: str, output_dir: str, per_device_batch: int, resume: str | N
 
 
 def scorer_tensors(trainer) -> dict[str, torch.Tensor]:
-    """The scorer's full tensors, gathered from the shards under FSDP (on every rank)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        if name.startswith("scorer."):
-            full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-            tensors[name] = full.detach().to("cpu").clone().contiguous()
-    return tensors
+    return {name: t.detach().clone() for name, t in model.state_dict().items() if name.startswith("scorer.")}
 
 
 def main(argv: list[str]) -> None:
     backbone, out = argv[0], argv[1]
-    resume = "--no-resume" not in argv
     rank = int(os.environ.get("RANK", "0"))
-    # Under FSDP the checkpoints are the engine's own (not scorer-only); the resume check runs under DDP.
-    full = train(backbone, os.path.join(out, "run"), per_device_batch=2, save_strategy="steps" if resume else "no")
+    full = train(backbone, os.path.join(out, "run"), per_device_batch=2)
     if rank == 0:
         state = full.accelerator.state
         with open(os.path.join(out, "state.json"), "w") as file:
             json.dump({"distributed_type": state.distributed_type.value, "num_processes": state.num_processes,
                        "backend": state.backend}, file)  # fmt: skip
     safetensors.torch.save_file(scorer_tensors(full), os.path.join(out, f"full-rank{rank}.safetensors"))
-    if resume:
-        checkpoint = os.path.join(out, "run", f"checkpoint-{SAVE_STEPS}")
-        resumed = train(backbone, os.path.join(out, "resumed"), per_device_batch=2, resume=checkpoint)
-        safetensors.torch.save_file(scorer_tensors(resumed), os.path.join(out, f"resumed-rank{rank}.safetensors"))
+    checkpoint = os.path.join(out, "run", f"checkpoint-{SAVE_STEPS}")
+    resumed = train(backbone, os.path.join(out, "resumed"), per_device_batch=2, resume=checkpoint)
+    safetensors.torch.save_file(scorer_tensors(resumed), os.path.join(out, f"resumed-rank{rank}.safetensors"))
 
 
 if __name__ == "__main__":

@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None, api=None) -> int:
 
 
 def _run(command: str, scorer_args: ScorerArguments, command_args, api) -> None:
-    from modeling_visionselector import VisionSelectorConfig
+    from transformers import PreTrainedConfig
 
     try:
-        stored, _ = VisionSelectorConfig.get_config_dict(scorer_args.checkpoint)
+        stored, _ = PreTrainedConfig.get_config_dict(scorer_args.checkpoint)
     except OSError as error:
         raise OSError(f"cannot read the config of --checkpoint {scorer_args.checkpoint!r}: {error}") from error
     if not scorer_args.base_model and not stored.get("base_model_name_or_path"):
