@@ -43,7 +43,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.utils import ModelOutput, can_return_tuple, cached_file, logging
 
-from .compression import batch_padding_side, compress_batch, placeholder_keep_mask
+from .pruning import batch_padding_side, placeholder_keep_mask, prune_batch
 from .configuration_visionselector import (
     TRANSFORMERS_VERSION,
     VisionSelectorConfig,
@@ -288,7 +288,7 @@ class VisionSelectorMixin:
         if not isinstance(config, PreTrainedConfig):
             stored, _ = cls.config_class.get_config_dict(config or pretrained_model_name_or_path, **hub_kwargs)
             if not stored.get("scorer_only", False):
-                return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+                return cls._from_full_checkpoint(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
             # As `PreTrainedModel.from_pretrained` does: keyword arguments that are config fields update the config.
             loading = {name: kwargs.pop(name) for name in ("dtype", "torch_dtype", "quantization_config") if name in kwargs}
             config, kwargs = cls.config_class.from_pretrained(
@@ -296,7 +296,7 @@ class VisionSelectorMixin:
             )
             kwargs.update(loading)
         elif not getattr(config, "scorer_only", False):
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            return cls._from_full_checkpoint(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
         scorer_file = cached_file(
             pretrained_model_name_or_path, SCORER_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
@@ -321,6 +321,29 @@ class VisionSelectorMixin:
         model.load_scorer(scorer_file)
         model.config.scorer_only = False  # the model is whole now; `save_pretrained` writes a full checkpoint
         model.config.name_or_path = str(pretrained_model_name_or_path)
+        return (model, loading_info) if output_loading_info else model
+
+    @classmethod
+    def _from_full_checkpoint(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """The stock loading of a full checkpoint, with a clear `ValueError` for a scorer of another width."""
+        if kwargs.get("ignore_mismatched_sizes"):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+        )
+        mismatched = sorted(loading_info["mismatched_keys"], key=str)
+        described = "; ".join(f"{name}: {tuple(given)} given, {tuple(expected)} expected" for name, given, expected in mismatched)
+        if any(name.startswith("scorer.") for name, *_ in mismatched):
+            raise ValueError(
+                f"The checkpoint {pretrained_model_name_or_path} does not fit its configuration (text hidden size "
+                f"{model.config.text_config.hidden_size}, scorer_hidden_size {model.config.scorer_hidden_size}): {described}."
+            )
+        if mismatched:  # what the stock loading raises, since the caller did not ask to ignore mismatched sizes
+            raise RuntimeError(
+                f"The checkpoint {pretrained_model_name_or_path} has tensors of other shapes than the model: {described}. "
+                "Pass `ignore_mismatched_sizes=True` to load it with those tensors freshly initialised."
+            )
         return (model, loading_info) if output_loading_info else model
 
     def load_scorer(self, weights: str | dict[str, torch.Tensor], source: str | None = None) -> None:
@@ -493,7 +516,7 @@ class VisionSelectorMixin:
         pad_values = {"input_ids": 0 if pad_token_id is None else pad_token_id, "position_ids": 0, "labels": -100}
         if labels is not None:
             sequences["labels"] = labels
-        new_mask, gathered = compress_batch(
+        new_mask, gathered = prune_batch(
             keep, attention_mask, sequences, pad_values, padding_side or batch_padding_side(attention_mask)
         )
         positions = gathered["position_ids"]

@@ -1,8 +1,10 @@
-"""An independent reference for pruned inference, built only from the stock Qwen2.5-VL.
+"""Independent references for pruned inference, built only from the stock model. Nothing here uses VisionSelector code.
 
-For one sample (batch of one, no padding): take the stock visual features and the stock `get_rope_index`
-positions, keep the visual tokens a selection names, and run the stock model on `inputs_embeds` of that
-shorter sequence. Nothing here uses VisionSelector code.
+- The kept-embeddings oracle (Qwen2.5-VL; one sample, no padding): take the stock visual features and the stock
+  `get_rope_index` positions, keep the visual tokens a selection names, and run the stock model on `inputs_embeds`
+  of that shorter sequence.
+- The masked-sequence oracle (any family, padded batches): the full sequence with the dropped placeholders masked out
+  of the attention mask, at the stock positions (see below).
 """
 
 from __future__ import annotations
