@@ -182,7 +182,7 @@ BACKBONES = {
     "VisionSelector-Qwen2-VL-2B-Instruct": Backbone(
         "qwen2_vl", "Qwen/Qwen2-VL-2B-Instruct", 2.21, _qwen2_sizes(1536, 8960, 28, 12, 2, 151936, True),
         checked=(("hidden, MLP, layers, heads, kv heads, vocab, tied embeddings, rms eps, rope theta, mRoPE sections, "
-                  "vision tower (32 x 1280, mlp_ratio 4, 16 heads, patch 14, 2x2 merge), token ids", "mllm"),
+                  "vision tower (32 x 1280, mlp_ratio 4, 16 heads, patch 14, 2x2 merge), vision/bos/eos token ids", "mllm"),
                  ("parameter count", "model-pages")),
     ),
     "VisionSelector-Qwen2-VL-7B-Instruct": Backbone(
@@ -309,7 +309,8 @@ def table() -> str:
         checked = "; ".join(f"{what} ({source})" for what, source in row.checked) or "nothing"
         lines.append(f"| {name} | {FAMILIES[row.family].config_class.__name__} | {row.base_repo} | {hidden} | "
                      f"{scorer_parameters(hidden):,} | {checked} |")
-    lines += ["", "Everything not listed as checked is from memory of the official config.json.", "", "Sources:"]
+    lines += ["", "Everything not listed as checked (other fields, the family-wide fields, the published parameter "
+              "counts) is from memory of the official config.json and model pages.", "", "Sources:"]
     lines += [f"- {key}: {text}" for key, text in SOURCES.items()]
     return "\n".join(lines)
 
