@@ -83,7 +83,12 @@ from transformers import (  # noqa: E402
     Qwen3VLMoeForConditionalGeneration,
 )
 
-from modeling_visionselector import VisionSelectorForConditionalGeneration, VisionSelectorScorer, topk_indices  # noqa: E402
+from modeling_visionselector import (  # noqa: E402
+    VisionSelectorForConditionalGeneration,
+    VisionSelectorScorer,
+    num_kept_tokens,
+    topk_indices,
+)
 
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 5, 6, 3, 4
 TEXT_TOKENS = 32  # prompt text around the visual tokens (16 before, 16 after)
@@ -220,7 +225,7 @@ def llm_macs(arch: Architecture, length: int) -> float:
 def prefill_macs(arch: Architecture, grid, text_tokens: int, retention_ratio: float = 1.0) -> tuple[float, float]:
     """(vision MACs, LLM MACs) of a prefill of one item plus `text_tokens` other tokens at `retention_ratio`."""
     n = grid[0] * grid[1] * grid[2]
-    kept = max(1, int(retention_ratio * n))
+    kept = num_kept_tokens(n, retention_ratio)
     return vision_macs(arch, grid), llm_macs(arch, kept + text_tokens)
 
 
