@@ -546,3 +546,35 @@ def test_offsets_round_trip_in_every_embedding_dtype():
         encode_offsets(torch.tensor([[MAX_OFFSET + 1, 0, 0]]), torch.float32)
     kept = torch.tensor([0, 5, 13, 23])  # grid (2, 3, 4): frame, row, column
     assert kept_token_offsets(kept, (2, 3, 4), torch.tensor([0, 7])).tolist() == [[0, 0, 0], [0, 1, 1], [7, 0, 1], [7, 2, 3]]
+
+
+def test_prompt_positions_for_a_long_video_and_any_selection(engine):
+    """A video whose temporal positions run past the text after it: generation continues at the full prompt's max.
+
+    Pure positions, no encoder: for a random selection, anchor + `kept_token_offsets` is transformers' position of
+    every kept token, the text is where transformers puts it, and the delta is the stock model's on the full prompt.
+    """
+    from visionselector.vllm.positions import PrunedItem, prompt_positions
+
+    generator = torch.Generator().manual_seed(0)
+    grid, merge = torch.tensor([66, 16, 12]), 2  # 66 temporal patches of 8 x 6 merged tokens
+    seconds = torch.tensor([2 / 3])
+    n, prefix, suffix = int(grid.prod()) // merge**2, [7, 10, 3], [4, 13, 2, 7]
+    full_ids = torch.tensor([prefix + [TOKEN_IDS["video"]] * n + suffix])
+    full, _ = engine.reference.model.get_rope_index(
+        full_ids, mm_token_type_ids=2 * (full_ids == TOKEN_IDS["video"]).long(), video_grid_thw=grid[None],
+        second_per_grid_ts=seconds,
+    )
+    full = full[:, 0]
+    table = video_temporal_positions(grid[None], seconds, 2)
+    assert int(table[-1]) > 8 + len(suffix)  # the video's last temporal position is past the text after it
+    for k in (n, 37, 1):
+        kept = torch.randperm(n, generator=generator)[:k].sort().values
+        item = PrunedItem(offset=len(prefix), num_kept=k, grid=(66, 8, 6), last_temporal_position=int(table[-1]))
+        positions, delta = prompt_positions(len(prefix) + k + len(suffix), [item])
+        positions[:, len(prefix) : len(prefix) + k] += kept_token_offsets(kept, (66, 8, 6), table).T
+        keep = torch.ones(full.shape[1], dtype=torch.bool)
+        keep[len(prefix) : len(prefix) + n] = False
+        keep[len(prefix) + kept] = True
+        assert torch.equal(positions, full[:, keep])
+        assert delta == int(full.max()) + 1 - positions.shape[1]
