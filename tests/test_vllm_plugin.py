@@ -52,6 +52,7 @@ from visionselector.vllm.model import (  # noqa: E402
 )
 from visionselector.vllm.positions import (  # noqa: E402
     MAX_OFFSET,
+    check_offsets_fit,
     NUM_OFFSET_CHANNELS,
     decode_offsets,
     encode_offsets,
@@ -543,7 +544,8 @@ def test_offsets_round_trip_in_every_embedding_dtype():
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         assert torch.equal(decode_offsets(encode_offsets(offsets, dtype)), offsets)
     with pytest.raises(ValueError, match="must lie in"):
-        encode_offsets(torch.tensor([[MAX_OFFSET + 1, 0, 0]]), torch.float32)
+        check_offsets_fit((2, 1, 1), torch.tensor([0, MAX_OFFSET + 1]))
+    check_offsets_fit((2, 1, 1), torch.tensor([0, MAX_OFFSET]))
     kept = torch.tensor([0, 5, 13, 23])  # grid (2, 3, 4): frame, row, column
     assert kept_token_offsets(kept, (2, 3, 4), torch.tensor([0, 7])).tolist() == [[0, 0, 0], [0, 1, 1], [7, 0, 1], [7, 2, 3]]
 

@@ -33,12 +33,15 @@ from vllm.model_executor.models.utils import WeightsMapper
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFeatureSpec
 from vllm.multimodal.utils import copy_mm_embedding_modality
+from vllm.utils.gpu_sync_debug import gpu_sync_allowed
+from vllm.utils.torch_utils import async_tensor_h2d
 
 from modeling_visionselector.scoring import VisionSelectorScorer, item_topk
 
 from .positions import (
     NUM_OFFSET_CHANNELS,
     PrunedItem,
+    check_offsets_fit,
     decode_offsets,
     encode_offsets,
     kept_token_offsets,
@@ -187,8 +190,9 @@ class VisionSelectorQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalG
             lengths = [item.shape[0] for item in features]
             scores = self.scorer(torch.cat(features), lengths)  # (N,)
             for item, item_scores, k, grid, table in zip(features, scores.split(lengths), num_kept, grids, tables):
+                check_offsets_fit(grid, table)
                 kept = item_topk(item_scores, int(k))  # (k,) ascending
-                offsets = kept_token_offsets(kept, grid, table.to(kept.device))  # (k, 3)
+                offsets = kept_token_offsets(kept, grid, async_tensor_h2d(table, kept.device))  # (k, 3)
                 outputs.append(torch.cat([item[kept], encode_offsets(offsets, item.dtype)], dim=1))
         return tuple(outputs)
 
@@ -222,7 +226,9 @@ class VisionSelectorQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalG
                 for embedding in multimodal_embeddings
             ]
             step = self.visual_position_offsets[:, : input_ids.shape[0]]
-            step[:, is_multimodal.to(step.device)] = decode_offsets(codes).T.to(step.device)
+            with gpu_sync_allowed():  # the runners build `is_multimodal` on the CPU: its indices cost no GPU sync
+                index = is_multimodal.nonzero().squeeze(1).to(step.device)
+                step[:, index] = decode_offsets(codes).T.to(step.device)
             self._offsets_written = True
         return super().embed_input_ids(input_ids, multimodal_embeddings, is_multimodal=is_multimodal)
 

@@ -107,22 +107,27 @@ def kept_token_offsets(
         kept_indices (`torch.LongTensor` of shape `(k,)`): indices into the item's merged tokens, raster order
             (frame group, row, column).
         grid (`tuple[int, int, int]`): the item's merged grid (t, h, w).
-        item_temporal_positions (`torch.LongTensor` of shape `(t,)`): see `temporal_positions`.
+        item_temporal_positions (`torch.LongTensor` of shape `(t,)`, on `kept_indices`'s device): see
+            `temporal_positions`.
+
     """
     _, height, width = grid
     frame = kept_indices // (height * width)
     row = kept_indices // width % height
     column = kept_indices % width
-    table = item_temporal_positions.to(kept_indices.device)
-    return torch.stack([table[frame], row, column], dim=1)
+    return torch.stack([item_temporal_positions[frame], row, column], dim=1)
+
+
+def check_offsets_fit(grid: tuple[int, int, int], item_temporal_positions: torch.LongTensor) -> None:
+    """A `ValueError` if an item's offsets could exceed `MAX_OFFSET`, what `encode_offsets` carries (CPU tensors)."""
+    _, height, width = grid
+    largest = max(int(item_temporal_positions.max()), height - 1, width - 1)
+    if largest > MAX_OFFSET:
+        raise ValueError(f"Position offsets must lie in [0, {MAX_OFFSET}], this item reaches {largest}.")
 
 
 def encode_offsets(offsets: torch.LongTensor, dtype: torch.dtype) -> torch.Tensor:
-    """`(k, 3)` non-negative integer offsets -> `(k, NUM_OFFSET_CHANNELS)` base-256 digits in `dtype`."""
-    if offsets.numel() and (int(offsets.min()) < 0 or int(offsets.max()) > MAX_OFFSET):
-        raise ValueError(
-            f"Position offsets must lie in [0, {MAX_OFFSET}], got [{int(offsets.min())}, {int(offsets.max())}]."
-        )
+    """`(k, 3)` integer offsets in [0, MAX_OFFSET] -> `(k, NUM_OFFSET_CHANNELS)` base-256 digits in `dtype`."""
     powers = DIGIT_BASE ** torch.arange(OFFSET_DIGITS, device=offsets.device)  # (digits,)
     digits = offsets[:, :, None] // powers % DIGIT_BASE  # (k, 3, digits)
     return digits.reshape(offsets.shape[0], NUM_OFFSET_CHANNELS).to(dtype)
