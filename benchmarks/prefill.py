@@ -288,9 +288,7 @@ def bench_input(label, kind, grid, ratios, args, device, dtype) -> list[dict]:
     # T_vision(r) = encoder (the same for every r) + scorer and top-k at r, timed apart.
     fns = {
         "full": lambda: stock(**inputs, use_cache=True, logits_to_keep=1),
-        "encoder": lambda: model._visual_features(
-            visual.get("pixel_values"), visual.get("image_grid_thw"), visual.get("pixel_values_videos"), visual.get("video_grid_thw")
-        ),
+        "encoder": lambda: encode_visual_items(stock, visual),
     }
     features = fns["encoder"]()
     lengths = [f.shape[0] for f in features]
@@ -340,6 +338,16 @@ def bench_input(label, kind, grid, ratios, args, device, dtype) -> list[dict]:
     return rows
 
 
+def encode_visual_items(stock, visual) -> list[torch.Tensor]:
+    """The stock vision encoder's merged tokens of every image, then every video."""
+    features = []
+    if visual.get("pixel_values") is not None:
+        features += stock.model.get_image_features(visual["pixel_values"], visual["image_grid_thw"]).pooler_output
+    if visual.get("pixel_values_videos") is not None:
+        features += stock.model.get_video_features(visual["pixel_values_videos"], visual["video_grid_thw"]).pooler_output
+    return features
+
+
 def _llm_prefill(model, llm_inputs):
     """The language model alone: all layers over the pruned sequence, then the last token's logits."""
     out = model.model.language_model(**llm_inputs, use_cache=True)
@@ -348,8 +356,13 @@ def _llm_prefill(model, llm_inputs):
 
 def _pruned_llm_inputs(model, inputs, selection) -> dict:
     """The language model's inputs for the pruned prompt: embeddings with the kept features, positions, mask."""
-    pruned = model._prune(selection, inputs["input_ids"], inputs["attention_mask"], None, None, None,
-                          inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), None)
+    pruned = model.prune_inputs(
+        selection,
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        video_grid_thw=inputs.get("video_grid_thw"),
+    )
     embeds = model.model.get_input_embeddings()(pruned.input_ids)  # (1, L', D)
     placeholders = (pruned.input_ids == IMAGE_TOKEN) | (pruned.input_ids == VIDEO_TOKEN)
     kept = torch.cat([f[i] for f, i in zip(selection.features, selection.kept_indices)])

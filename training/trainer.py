@@ -12,16 +12,17 @@ import os
 
 import safetensors.torch
 import torch
-from transformers import PreTrainedConfig, Qwen2_5_VLForConditionalGeneration, TrainingArguments
+from transformers import PreTrainedConfig, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 from trl import SFTTrainer
 
 from modeling_visionselector import (
     SCORER_WEIGHTS_NAME,
-    VisionSelectorConfig,
+    VISIONSELECTOR_CLASSES,
     VisionSelectorForConditionalGeneration,
     scorer_state_dict,
+    visionselector_class_for,
 )
 
 from .config import VisionSelectorSFTConfig
@@ -37,11 +38,11 @@ SCORER_CHECKPOINT_NAME = SCORER_WEIGHTS_NAME
 _BACKBONE_LOADING_KWARGS = ("revision", "dtype", "device_map", "attn_implementation")
 
 
-def load_visionselector(model_name_or_path: str, **kwargs) -> VisionSelectorForConditionalGeneration:
-    """A VisionSelector from a folder or Hub id of either a VisionSelector or a stock Qwen2.5-VL.
+def load_visionselector(model_name_or_path: str, **kwargs):
+    """A VisionSelector from a folder or Hub id of either a VisionSelector or a stock Qwen-VL backbone of any family.
 
-    A stock Qwen2.5-VL is wrapped with [`VisionSelectorForConditionalGeneration.from_backbone`] (fresh scorer); a
-    VisionSelector is loaded with its trained scorer.
+    A stock backbone is wrapped with [`VisionSelectorForConditionalGeneration.from_backbone`] (fresh scorer) into the
+    VisionSelector class of its family; a VisionSelector is loaded with its trained scorer.
 
     Args:
         model_name_or_path (`str`): the checkpoint.
@@ -53,19 +54,15 @@ def load_visionselector(model_name_or_path: str, **kwargs) -> VisionSelectorForC
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
     config_dict, _ = PreTrainedConfig.get_config_dict(model_name_or_path, revision=kwargs.get("revision"))
     model_type = config_dict.get("model_type")
-    if model_type == VisionSelectorConfig.model_type:
-        return VisionSelectorForConditionalGeneration.from_pretrained(model_name_or_path, **kwargs)
-    if model_type == "qwen2_5_vl":
-        unsupported = sorted(set(kwargs) - set(_BACKBONE_LOADING_KWARGS))
-        if unsupported:
-            raise ValueError(
-                f"Loading a stock Qwen2.5-VL backbone accepts only {list(_BACKBONE_LOADING_KWARGS)}, got {unsupported}."
-            )
-        return VisionSelectorForConditionalGeneration.from_backbone(model_name_or_path, **kwargs)
-    raise ValueError(
-        f"{model_name_or_path!r} is a {model_type!r} checkpoint; expected a stock Qwen2.5-VL ('qwen2_5_vl') or a "
-        f"VisionSelector ({VisionSelectorConfig.model_type!r})."
-    )
+    model_class = visionselector_class_for(model_type, repr(model_name_or_path))
+    if model_type == model_class.config_class.model_type:
+        return model_class.from_pretrained(model_name_or_path, **kwargs)
+    unsupported = sorted(set(kwargs) - set(_BACKBONE_LOADING_KWARGS))
+    if unsupported:
+        raise ValueError(
+            f"Loading a stock {model_type} backbone accepts only {list(_BACKBONE_LOADING_KWARGS)}, got {unsupported}."
+        )
+    return model_class.from_backbone(model_name_or_path, **kwargs)
 
 
 class VisionSelectorSFTTrainer(SFTTrainer):
@@ -81,8 +78,8 @@ class VisionSelectorSFTTrainer(SFTTrainer):
     is the language-modelling loss of the pruned model.
 
     Args:
-        model (`VisionSelectorForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration` or `str`):
-            the model; a stock Qwen2.5-VL (object or path) is wrapped with a fresh scorer. A path is loaded with
+        model (a VisionSelector model, a stock Qwen-VL model of a supported family, or `str`):
+            the model; a stock backbone (object or path) is wrapped with a fresh scorer. A path is loaded with
             `args.model_init_kwargs`.
         args ([`VisionSelectorSFTConfig`], *optional*): the configuration; other `TrainingArguments` are converted.
         **kwargs: the other arguments of [`~trl.SFTTrainer`] (`train_dataset`, `processing_class`, ...), except
@@ -114,11 +111,12 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         if isinstance(model, str):
             model = load_visionselector(model, **(args.model_init_kwargs or {}))
             args.model_init_kwargs = None  # used here; SFTTrainer would warn that a loaded model ignores them
-        elif isinstance(model, Qwen2_5_VLForConditionalGeneration) and not _is_visionselector(model):
+        elif _is_stock_backbone(model):
             model = VisionSelectorForConditionalGeneration.from_backbone(model)
         if not _is_visionselector(model):
             raise ValueError(
-                f"VisionSelectorSFTTrainer needs a VisionSelector or a stock Qwen2.5-VL, got {type(model).__name__}."
+                f"VisionSelectorSFTTrainer needs a VisionSelector or a stock Qwen-VL backbone ({sorted(VISIONSELECTOR_CLASSES)}), "
+                f"got {type(model).__name__}."
             )
         model.config.train_retention_ratio = args.train_retention_ratio
         for name, parameter in model.named_parameters():
@@ -266,7 +264,13 @@ class VisionSelectorSFTTrainer(SFTTrainer):
 
 def _is_visionselector(model) -> bool:
     # By model type, not class: a model loaded with `trust_remote_code` has its own copy of the class.
-    return getattr(model.config, "model_type", None) == VisionSelectorConfig.model_type and hasattr(model, "scorer")
+    model_types = {selector_class.config_class.model_type for selector_class in VISIONSELECTOR_CLASSES.values()}
+    return getattr(model.config, "model_type", None) in model_types and hasattr(model, "scorer")
+
+
+def _is_stock_backbone(model) -> bool:
+    stock_classes = tuple(selector_class.stock_class for selector_class in VISIONSELECTOR_CLASSES.values())
+    return isinstance(model, stock_classes) and not _is_visionselector(model)
 
 
 __all__ = ["VisionSelectorSFTTrainer", "load_visionselector", "SCORER_CHECKPOINT_NAME"]
