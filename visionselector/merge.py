@@ -25,11 +25,12 @@ from safetensors.torch import load_file, save_file
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
-from modeling_visionselector.configuration_visionselector import AUTO_MAP, VisionSelectorConfig
+from transformers import PreTrainedConfig
+
 from modeling_visionselector.modeling_visionselector import (
     SCORER_WEIGHTS_NAME,
-    VisionSelectorForConditionalGeneration,
     check_scorer_tensors,
+    visionselector_class_for,
 )
 
 SCORER_SHARD_NAME = "model-scorer.safetensors"
@@ -94,7 +95,9 @@ def merge_scorer_artifact(
     if unknown:
         raise ValueError(f"Unknown arguments {unknown}; accepted: {list(LOCATION_KWARGS)}.")
     artifact_kwargs = dict(location_kwargs, revision=revision)
-    config = VisionSelectorConfig.from_pretrained(artifact, **artifact_kwargs)
+    model_type = PreTrainedConfig.get_config_dict(artifact, **artifact_kwargs)[0].get("model_type")
+    model_class = visionselector_class_for(model_type, f"The artifact {artifact}")
+    config = model_class.config_class.from_pretrained(artifact, **artifact_kwargs)
     if not config.scorer_only:
         raise ValueError(f"{artifact} is not a scorer-only artifact (its config says `scorer_only: false`): serve it as it is.")
     base = base_model_name_or_path or config.base_model_name_or_path
@@ -123,10 +126,10 @@ def merge_scorer_artifact(
     config.scorer_only = False
     config.base_model_name_or_path = base
     config.base_model_revision = base_kwargs["revision"]
-    config.architectures = [VisionSelectorForConditionalGeneration.__name__]
-    config.auto_map = dict(AUTO_MAP)
+    config.architectures = [model_class.__name__]
+    config.auto_map = type(config).default_auto_map()
     config.save_pretrained(folder)
-    custom_object_save(VisionSelectorForConditionalGeneration, folder)
+    custom_object_save(model_class, folder)
 
     ships_processor = any(_optional_file(artifact, name, **artifact_kwargs) for name in PROCESSOR_MARKERS)
     processor_source, processor_kwargs = (artifact, artifact_kwargs) if ships_processor else (base, base_kwargs)
