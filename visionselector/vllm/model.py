@@ -1,6 +1,6 @@
 """`VisionSelectorForConditionalGeneration` in vLLM: vLLM's own Qwen2.5-VL with the learned scorer after the encoder.
 
-What the subclass changes, method by method (everything else is vLLM's `Qwen2_5_VLForConditionalGeneration`):
+What the subclass changes (everything else is vLLM's `Qwen2_5_VLForConditionalGeneration`):
 
 - `embed_multimodal`: the vision encoder runs on every item (in groups no larger than the encoder budget vLLM
   profiled, since the scheduler counts an item as its k kept tokens), then the scorer of
@@ -12,7 +12,8 @@ What the subclass changes, method by method (everything else is vLLM's `Qwen2_5_
 - `embed_input_ids`: strips the offset channels of the embeddings fed in this step and writes the offsets, at
   the tokens they belong to, into a buffer of the model; `forward` adds that buffer to the step's positions, in
   place (so that the buffers CUDA graphs captured see it too). A step that feeds no visual token adds zeros.
-- `load_weights`: the scorer loads from `scorer.*`, or from the paper's `visual.importance_scorer.*`.
+- `hf_to_vllm_mapper`: the scorer loads from `scorer.*`, or from the paper's `visual.importance_scorer.*`.
+- `__init__` refuses, with a `ValueError` naming it, what this cannot serve (`check_supported`).
 """
 
 from __future__ import annotations
