@@ -69,9 +69,22 @@ def prefill_logits(stock, embeds, positions) -> torch.Tensor:
     return stock(inputs_embeds=embeds, position_ids=positions).logits
 
 
+# Where the stock model puts the tokens after the prompt depends on the path, in every release 5.20 - 5.24:
+# - `generate` extends the prompt's positions by one per step: the last prompt position + 1, + 2, ...;
+# - a forward with the prompt, then decoding steps with its cache and no positions, use `rope_deltas` from
+#   `get_rope_index`: the largest position of the whole prompt + 1, + 2, ... A late frame of a long video can hold
+#   that largest (time) position, beyond the text after the video, so the two differ there.
+
+
+def largest_prompt_position(stock, inputs) -> int:
+    """The largest rotary position of one sample's whole prompt (where a forward + cached decode continues from)."""
+    return int(stock_positions(stock, inputs).max())
+
+
 @torch.no_grad()
 def greedy_tokens(stock, embeds, positions, max_new_tokens: int) -> list[int]:
-    """Greedy continuation by re-running the whole pruned sequence each step (no cache), stopping at eos."""
+    """Greedy continuation by re-running the whole pruned sequence each step (no cache), stopping at eos; the new
+    tokens at the positions `generate` gives them (the last one + 1, ...)."""
     eos = stock.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
     tokens = []
@@ -187,20 +200,27 @@ def stock_positions(stock, inputs) -> torch.Tensor:
 
 
 @torch.no_grad()
-def masked_logits(stock, inputs, kept_indices, extra_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_logits(
+    stock, inputs, kept_indices, extra_tokens: torch.Tensor | None = None, after_largest: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stock logits `(B, L [+ n], V)` of the full sequence with the dropped placeholders masked, and that mask.
 
-    `extra_tokens` `(B, n)` are appended after the prompt (text, positions continuing from the last one).
+    `extra_tokens` `(B, n)` are appended after the prompt (text), at the positions `generate` gives them, or with
+    `after_largest` where a forward + cached decode puts them (see above).
     """
     mask = masked_attention(inputs, stock.config, kept_indices)
     positions = stock_positions(stock, inputs)
     input_ids = inputs["input_ids"]
     if extra_tokens is not None and extra_tokens.shape[1]:
         n = extra_tokens.shape[1]
+        if after_largest:
+            start = positions.masked_fill(inputs["attention_mask"][None] == 0, 0).amax(dim=(0, 2))  # (B,)
+        else:
+            start = positions[:, :, -1].amax(dim=0)  # (B,), left padding: the last column is real
         input_ids = torch.cat([input_ids, extra_tokens], dim=1)
         mask = torch.cat([mask, torch.ones_like(extra_tokens)], dim=1)
-        steps = torch.arange(1, n + 1)[None, None, :]
-        positions = torch.cat([positions, positions[:, :, -1:] + steps], dim=2)
+        steps = start[None, :, None] + torch.arange(1, n + 1)[None, None, :]
+        positions = torch.cat([positions, steps.expand(3, -1, -1)], dim=2)
     visual = {key: inputs[key] for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
                                            "second_per_grid_ts") if inputs.get(key) is not None}
     mm_token_type_ids = torch.zeros_like(input_ids)

@@ -6,7 +6,7 @@ from packaging import version
 
 from modeling_visionselector import VisionSelectorForConditionalGeneration, num_kept_tokens
 from modeling_visionselector.configuration_visionselector import TRANSFORMERS_VERSION
-from oracle import greedy_tokens, prefill_logits, pruned_embeddings, split_kept_indices, unbatch
+from oracle import greedy_tokens, largest_prompt_position, prefill_logits, pruned_embeddings, split_kept_indices, unbatch
 from visionselector.tiny import tiny_qwen2_5_vl
 
 SCENARIOS = {
@@ -207,7 +207,8 @@ def test_generate_sets_rope_deltas_so_a_manual_decode_step_continues_correctly(m
     (sample,) = unbatch(inputs, model.config)
     embeds, positions = pruned_embeddings(stock_model, sample, out.kept_indices)
     embeds = torch.cat([embeds, stock_model.get_input_embeddings()(token)], dim=1)
-    positions = torch.cat([positions, positions[:, :, -1:] + 1], dim=2)
+    # with the cache and no positions, decoding continues after the largest position of the whole prompt
+    positions = torch.cat([positions, torch.full_like(positions[:, :, -1:], largest_prompt_position(stock_model, sample) + 1)], dim=2)
     torch.testing.assert_close(step.logits[0, -1], prefill_logits(stock_model, embeds, positions)[0, -1], atol=1e-5, rtol=1e-4)
 
 

@@ -17,7 +17,7 @@ from modeling_visionselector import (
     save_scorer,
 )
 from modeling_visionselector.selectors import SELECTORS
-from oracle import masked_greedy, masked_logits
+from oracle import masked_attention, masked_greedy, masked_logits, stock_positions
 from visionselector.tiny import FAMILIES, tiny_model, tiny_processor
 
 RATIOS = [0.1, 0.37, 1.0]
@@ -248,3 +248,43 @@ def test_generate_command_runs_a_checkpoint_of_the_family(family, tmp_path, caps
     ])
     assert code == 0
     assert "kept 4 of 16 visual tokens (retention 0.25" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen2_5_vl"])
+def test_a_long_video_whose_largest_position_is_dropped_continues_as_the_stock_model(family_name):
+    """A late frame of a long video holds the prompt's largest (time) position, beyond the text after the video.
+    With that frame's tokens dropped, `generate` still continues where the stock `generate` does (the last prompt
+    position + 1), and a forward + cached decode where the stock one does (the largest position + 1)."""
+    import numpy as np
+
+    processor, stock, model = family_setup(family_name)
+    video = np.random.default_rng(0).integers(0, 256, (16, side(family_name, 1), side(family_name, 2), 3), dtype=np.uint8)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "describe"}]}], add_generation_prompt=True
+    )
+    inputs = processor(text=[text], videos=[video], return_tensors="pt")
+    if "second_per_grid_ts" in inputs:
+        inputs["second_per_grid_ts"] = torch.tensor([1.5])  # 4/3 frames per second: time advances 3 per merged frame
+    ratio = 0.2
+    with torch.no_grad():
+        prefill = model(**inputs, retention_ratio=ratio, use_cache=True)
+    kept = prefill.kept_indices
+    positions = stock_positions(stock, inputs)[:, 0]
+    kept_positions = positions[:, masked_attention(inputs, stock.config, kept)[0].bool()]
+    assert int(kept_positions.max()) < int(positions.max())  # the largest position was dropped
+    assert int(positions.max()) > int(positions[:, -1].max())  # and lies beyond the last prompt token
+
+    out = model.generate(
+        **inputs, retention_ratio=ratio, max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+        return_dict_in_generate=True, output_logits=True,
+    )
+    new = out.sequences[:, inputs["input_ids"].shape[1]:]
+    expected, _ = masked_logits(stock, inputs, kept, extra_tokens=new[:, :-1])
+    for step, logits in enumerate(out.logits):
+        torch.testing.assert_close(logits[0], expected[0, -MAX_NEW_TOKENS + step], atol=1e-5, rtol=1e-4)
+
+    cache = {name: value for name, value in prefill.items() if name in ("cache", "past_key_values")}
+    with torch.no_grad():
+        step = model(input_ids=new[:, :1], use_cache=True, **cache)
+    expected, _ = masked_logits(stock, inputs, kept, extra_tokens=new[:, :1], after_largest=True)
+    torch.testing.assert_close(step.logits[0, -1], expected[0, -1], atol=1e-5, rtol=1e-4)

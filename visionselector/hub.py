@@ -7,11 +7,16 @@ Usage:
     visionselector-hub save --checkpoint path/to/VisionSelector-Qwen2.5-VL-7B \
         --base_model Qwen/Qwen2.5-VL-7B-Instruct --output_dir scorer-7b          # `convert` is the same command
 
+    # a full checkpoint from a scorer-only artifact, for engines that load one folder (vLLM): the backbone's
+    # shards are copied as they are, the scorer added as one more shard
+    visionselector-hub merge --scorer me/VisionSelector-Qwen2.5-VL-7B --output_dir VisionSelector-Qwen2.5-VL-7B-full
+
     # the same, uploaded in one commit (the repo is created if needed)
     visionselector-hub push --checkpoint runs/7b/final --repo_id me/VisionSelector-Qwen2.5-VL-7B --private \
         --revision v1 --commit_message "Scorer trained at 20% retention"
 
-Only the config and the scorer tensors of the checkpoint are read; the backbone is never loaded.
+Only the config and the scorer tensors of the checkpoint are read; the backbone is never loaded (`merge` copies
+its files).
 (`python -m visionselector.hub ...` works the same.)
 """
 
@@ -64,7 +69,20 @@ class PushArguments:
     token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
 
 
-COMMANDS = {"save": SaveArguments, "convert": SaveArguments, "push": PushArguments}
+@dataclass
+class MergeArguments:
+    scorer: str = field(metadata={"help": "Folder or Hub id of a scorer-only artifact (`scorer_only: true`)."})
+    output_dir: str = field(metadata={"help": "The full checkpoint folder to write."})
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Folder or Hub id of the backbone (default: the artifact config's `base_model_name_or_path`)."},
+    )
+    base_model_revision: str | None = field(default=None, metadata={"help": "Revision of the backbone."})
+    revision: str | None = field(default=None, metadata={"help": "Revision of the artifact."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+
+
+COMMANDS = {"save": SaveArguments, "convert": SaveArguments, "push": PushArguments, "merge": MergeArguments}
 
 
 def _processor(value: str):
@@ -87,6 +105,20 @@ def main(argv: list[str] | None = None, api=None) -> int:
         print(__doc__ + f"\nCommands: {', '.join(COMMANDS)}; `<command> --help` lists the options.", file=sys.stderr)
         return 2
     command = argv[0]
+    if command == "merge":
+        from visionselector.merge import merge_scorer_artifact
+
+        (args,) = HfArgumentParser(MergeArguments, prog="visionselector-hub merge").parse_args_into_dataclasses(args=argv[1:])
+        folder = merge_scorer_artifact(
+            args.scorer,
+            args.output_dir,
+            base_model_name_or_path=args.base_model,
+            base_model_revision=args.base_model_revision,
+            revision=args.revision,
+            **({"token": args.token} if args.token else {}),
+        )
+        print(f"Wrote the full checkpoint to {folder}")
+        return 0
     parser = HfArgumentParser((ScorerArguments, COMMANDS[command]), prog=f"visionselector-hub {command}")
     scorer_args, command_args = parser.parse_args_into_dataclasses(args=argv[1:])
     try:

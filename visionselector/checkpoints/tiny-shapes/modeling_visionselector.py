@@ -531,8 +531,11 @@ class VisionSelectorMixin:
             keep, attention_mask, sequences, pad_values, padding_side or batch_padding_side(attention_mask)
         )
         positions = gathered["position_ids"]
-        # Next text position after the prompt is max + 1, as in the stock model; generate adds it to a 0-based count.
-        rope_deltas = positions.masked_fill(new_mask[None] == 0, 0).amax(dim=(0, 2)) + 1 - new_mask.sum(1)
+        # Generation continues after the largest position of the caller's whole prompt, as in the stock model (a
+        # dropped video token can hold it: a late frame's time position can pass the text after the video).
+        # `generate` adds the deltas to a 0-based count of the pruned row.
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        rope_deltas = position_ids.masked_fill(~real[None], 0).amax(dim=(0, 2)) + 1 - new_mask.sum(1)
 
         def kept(values):
             return [item[index] for item, index in zip(values, selection.kept_indices)]
