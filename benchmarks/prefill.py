@@ -1,13 +1,14 @@
-"""Prefill speed and memory of VisionSelector against the stock Qwen2.5-VL and against the ideal speedup.
+"""Prefill speed and memory of VisionSelector against the stock Qwen-VL model and against the ideal speedup.
 
 Usage:
-    python benchmarks/prefill.py                      # CPU, float32, the default sizes: a few minutes on 2 cores
+    python benchmarks/prefill.py                      # Qwen2.5-VL-7B structure, CPU, float32: a few minutes on 2 cores
+    python benchmarks/prefill.py --family qwen3_vl    # --family qwen2_vl | qwen2_5_vl (default) | qwen3_vl | qwen3_vl_moe
     python benchmarks/prefill.py --device cuda --attn flash_attention_2 --dtype bfloat16
     python benchmarks/prefill.py --sizes 1024,8x16x16 --ratios 1.0,0.2 --repeats 5 --out /tmp/prefill.json
 
 What is measured, per input and retention ratio r, all in one run (median of `--repeats` after one warm-up):
 
-- T_full: the stock `Qwen2_5_VLForConditionalGeneration` prefill (encoder + all visual tokens through the LLM).
+- T_full: the stock model's prefill (encoder + all visual tokens through the LLM).
 - T_pruned(r): the VisionSelector prefill with the learned selector; speedup = T_full / T_pruned(r).
 - T_vision(r): encoder + scorer + selection (`select_visual_tokens`), and within it T_select(r): scorer + top-k.
 - T_llm(r): the language model alone on the pruned sequence (embeddings, all layers, the last token's logits).
@@ -16,29 +17,43 @@ What is measured, per input and retention ratio r, all in one run (median of `--
 - KV cache bytes of the prefill, and peak memory of the prefill above the weights (CUDA: allocator peak;
   CPU: allocation records of the profiler during the warm-up call).
 
-The model. The 7B is far too slow to prefill a 4096-token image on 2 CPU cores, so the benchmark builds a random
-Qwen2.5-VL with the 7B's structure (vision: 32 blocks, patch 14, 2 x 2 merge, 112 px windows with full attention at
-blocks 7/15/23/31, SwiGLU MLP; LLM: 28 layers, 7:1 grouped-query attention, SwiGLU MLP, mRoPE 2:3:3) at a shrunk
-width. What decides the speedup of pruning is the vision encoder's share of prefill compute, because only the LLM
-part shrinks with r. Counted in multiply-accumulates (MACs, `prefill_macs` below), that share is about 28% for the
-7B at 256 merged tokens and about 32% at 4096 (full-attention blocks over 16k patches weigh in). Shrinking every
-width by the same factor s keeps the matrix products' ratio but makes attention (N^2 d, not N d^2) weigh 1/s times
-more, so one shrunk model cannot match the 7B at every size. Instead:
+The model. A 7B-class model is far too slow to prefill a 4096-token image on 2 CPU cores, so the benchmark builds a
+random model with the structure of one full-size backbone of the `--family` (the rows of `FAMILIES`) at a shrunk
+width:
 
-- the LLM is the 7B's at width / `--width-divisor` (default 32: hidden 112, 7 query heads and 1 key-value head of
-  dim 16, MLP 592), the same for every input;
-- for each input, the vision width (a multiple of 16, heads of dim 16, MLP at the 7B's 3420/1280 ratio) is the
-  largest whose vision share does not exceed the 7B's, and its MLP width is then raised until the two shares match.
+| `--family` | structure of | vision tower | LLM |
+| --- | --- | --- | --- |
+| `qwen2_vl` | Qwen2-VL-7B | 32 blocks, patch 14, full attention in every block, GELU MLP (2 matrices, 4x) | 28 layers, 7:1 GQA |
+| `qwen2_5_vl` | Qwen2.5-VL-7B | 32 blocks, patch 14, 112 px windows, full attention at blocks 7/15/23/31, SwiGLU MLP | 28 layers, 7:1 GQA |
+| `qwen3_vl` | Qwen3-VL-8B | 27 blocks, patch 16, full attention, GELU MLP (2 matrices), 3 deepstack mergers | 36 layers, 4:1 GQA |
+| `qwen3_vl_moe` | Qwen3-VL-30B-A3B | as Qwen3-VL-8B | 48 layers, 8:1 GQA, 8 of 128 experts per token |
 
-The table states both shares and also the 7B's ideal speedup from MAC counts. The shrunk LLM still gives its
-attention a larger share than the 7B's does, so the measured ideal is somewhat above the 7B's MAC ideal at long
-sequences; achieved/ideal compares like with like.
+All merge 2 x 2 patches into one visual token and use mRoPE. What decides the speedup of pruning is the vision
+encoder's share of prefill compute, because only the LLM part shrinks with r. Counted in multiply-accumulates (MACs,
+`prefill_macs` below; an MoE LLM counts the MLPs of its active experts only), that share is about 28% for
+Qwen2.5-VL-7B at 256 merged tokens and about 32% at 4096 (full-attention blocks over 16k patches weigh in). Shrinking
+every width by the same factor s keeps the matrix products' ratio but makes attention (N^2 d, not N d^2) weigh 1/s
+times more, so one shrunk model cannot match the full-size one at every size. Instead:
+
+- the LLM is the full-size one at width / `--width-divisor` (default 32: Qwen2.5-VL-7B gives hidden 112, 7 query heads
+  and 1 key-value head of dim 16, MLP 592), the same for every input, except where even a vision tower of width 16
+  would exceed the full-size model's vision share (full attention in every block, as in Qwen2-VL and Qwen3-VL, over
+  many patches): there the LLM is widened in steps of 16 until that tower fits;
+- for each input, the vision width (a multiple of 16, heads of dim 16, MLP at the full-size ratio) is the largest
+  whose vision share does not exceed the full-size model's, and its MLP width is then raised until the two shares
+  match (Qwen2-VL's config states the vision MLP as an integer multiple of the width, so there the match is only as
+  close as that multiple allows).
+
+The table states both shares and also the full-size model's ideal speedup from MAC counts. The shrunk LLM still gives
+its attention a larger share than the full-size one does, so the measured ideal is somewhat above the MAC ideal at
+long sequences; achieved/ideal compares like with like.
 
 The scorer part times `VisionSelectorScorer` (mean-key form, O(N h)) against the naive N x N formula
 (`(q @ k.T).mean(1)`, O(N^2 h)) at N = 1k ... 16k tokens of the benchmark LLM width (`--scorer-width` to change),
 checking both agree, and skips the naive one where its N x N matrix would exceed `--naive-max-gib`.
 
-Writes the tables as markdown (printed, and next to the JSON) and everything as JSON (`--out`).
+Writes the tables as markdown (printed, and next to the JSON) and everything as JSON (`--out`; by default
+`benchmarks/results/prefill_<device>.json` for qwen2_5_vl and `prefill_<family>_<device>.json` for the others).
 """
 
 from __future__ import annotations
@@ -52,17 +67,32 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the CPU memory profiler's start/stop lines off stderr
 import torch  # noqa: E402
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from transformers import (  # noqa: E402
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
+)
 
-from modeling_visionselector import VisionSelectorForConditionalGeneration, VisionSelectorScorer, topk_indices  # noqa: E402
+from modeling_visionselector import (  # noqa: E402
+    VisionSelectorForConditionalGeneration,
+    VisionSelectorScorer,
+    num_kept_tokens,
+    topk_indices,
+)
 
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 5, 6, 3, 4
 TEXT_TOKENS = 32  # prompt text around the visual tokens (16 before, 16 after)
-PATCH_VALUES = 3 * 2 * 14 * 14  # channels x temporal patch x patch x patch
+FRAME_TEXT_TOKENS = 4  # Qwen3-VL: the timestamp text before each frame of a video ("<0.5 seconds>")
 
 
 # ---------------------------------------------------------------------------------------------- compute model
@@ -70,25 +100,97 @@ PATCH_VALUES = 3 * 2 * 14 * 14  # channels x temporal patch x patch x patch
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """Widths and depths of a Qwen2.5-VL that matter for prefill compute."""
+    """Widths and depths of a Qwen-VL model that matter for prefill compute."""
 
     vision_hidden: int
     vision_mlp: int
     llm_hidden: int
-    llm_mlp: int
+    llm_mlp: int  # an MoE: the MLP width of one expert
     llm_heads: int
     llm_kv_heads: int
-    vision_depth: int = 32
-    vision_full_attention: tuple[int, ...] = (7, 15, 23, 31)
-    window_merged: int = 4  # 112 px windows = 4 x 4 merged tokens = 8 x 8 patches
-    llm_layers: int = 28
+    llm_head_dim: int
+    llm_layers: int
+    vision_depth: int
+    vision_full_attention: tuple[int, ...]  # the blocks with full attention (per frame); the others use windows
+    window_merged: int = 4  # windows of 4 x 4 merged tokens = 8 x 8 patches (Qwen2.5-VL: 112 px)
+    vision_mlp_matrices: int = 3  # SwiGLU: gate, up, down; a GELU MLP: 2
+    deepstack_taps: tuple[int, ...] = ()  # Qwen3-VL: blocks whose output a merger of its own hands to the LLM
+    patch_size: int = 14
+    llm_experts: int = 0  # an MoE: routed experts per layer (0: one dense MLP)
+    llm_active_experts: int = 1  # experts each token runs through
 
-    @property
-    def llm_head_dim(self) -> int:
-        return self.llm_hidden // self.llm_heads
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One Qwen-VL family in the benchmark: the full-size model whose structure it copies, and how to build one."""
+
+    label: str  # the full-size model, as the tables name it
+    backbone: str  # its Hub id
+    full: Architecture
+    stock_class: type
+    config_class: type
+    vision_fields: Callable[[Architecture], dict]  # the family's `vision_config` for an architecture
+    rope: dict  # the text rope parameters but the mRoPE sections
+    mrope_split: tuple[int, int, int]  # the full model's mRoPE sections (t, h, w), of its head dim / 2
+    video_per_frame: bool = False  # a video is one <vision_start> ... <vision_end> block per frame, timestamps between
+    vision_mlp_per_width: bool = False  # the config states the vision MLP as an integer multiple of the width
 
 
-QWEN2_5_VL_7B = Architecture(vision_hidden=1280, vision_mlp=3420, llm_hidden=3584, llm_mlp=18944, llm_heads=28, llm_kv_heads=4)
+def _qwen2_vl_vision(a: Architecture) -> dict:
+    return dict(depth=a.vision_depth, embed_dim=a.vision_hidden, mlp_ratio=a.vision_mlp // a.vision_hidden,
+                num_heads=a.vision_hidden // 16, hidden_size=a.llm_hidden, patch_size=a.patch_size)
+
+
+def _qwen2_5_vl_vision(a: Architecture) -> dict:
+    return dict(depth=a.vision_depth, hidden_size=a.vision_hidden, intermediate_size=a.vision_mlp,
+                num_heads=a.vision_hidden // 16, out_hidden_size=a.llm_hidden, patch_size=a.patch_size,
+                window_size=2 * a.window_merged * a.patch_size, fullatt_block_indexes=list(a.vision_full_attention),
+                tokens_per_second=2)
+
+
+def _qwen3_vl_vision(a: Architecture) -> dict:
+    return dict(depth=a.vision_depth, hidden_size=a.vision_hidden, intermediate_size=a.vision_mlp,
+                num_heads=a.vision_hidden // 16, out_hidden_size=a.llm_hidden, patch_size=a.patch_size,
+                deepstack_visual_indexes=list(a.deepstack_taps))
+
+
+_QWEN2_ROPE = {"rope_type": "default", "rope_theta": 1e6}
+_QWEN3_ROPE = {"rope_type": "default", "rope_theta": 5e6, "mrope_interleaved": True}
+_QWEN3_VL_8B_VISION = dict(vision_hidden=1152, vision_mlp=4304, vision_depth=27, vision_full_attention=tuple(range(27)),
+                           vision_mlp_matrices=2, deepstack_taps=(8, 16, 24), patch_size=16)
+
+# One row per family: the full-size model of `hub_configs/` whose structure the benchmark copies (a test checks the
+# numbers against that table).
+FAMILIES = {
+    "qwen2_vl": Family(
+        "7B", "Qwen/Qwen2-VL-7B-Instruct",
+        Architecture(vision_hidden=1280, vision_mlp=5120, llm_hidden=3584, llm_mlp=18944, llm_heads=28, llm_kv_heads=4,
+                     llm_head_dim=128, llm_layers=28, vision_depth=32, vision_full_attention=tuple(range(32)),
+                     vision_mlp_matrices=2),
+        Qwen2VLForConditionalGeneration, Qwen2VLConfig, _qwen2_vl_vision, _QWEN2_ROPE, (16, 24, 24),
+        vision_mlp_per_width=True,
+    ),
+    "qwen2_5_vl": Family(
+        "7B", "Qwen/Qwen2.5-VL-7B-Instruct",
+        Architecture(vision_hidden=1280, vision_mlp=3420, llm_hidden=3584, llm_mlp=18944, llm_heads=28, llm_kv_heads=4,
+                     llm_head_dim=128, llm_layers=28, vision_depth=32, vision_full_attention=(7, 15, 23, 31)),
+        Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig, _qwen2_5_vl_vision, _QWEN2_ROPE, (16, 24, 24),
+    ),
+    "qwen3_vl": Family(
+        "8B", "Qwen/Qwen3-VL-8B-Instruct",
+        Architecture(llm_hidden=4096, llm_mlp=12288, llm_heads=32, llm_kv_heads=8, llm_head_dim=128, llm_layers=36,
+                     **_QWEN3_VL_8B_VISION),
+        Qwen3VLForConditionalGeneration, Qwen3VLConfig, _qwen3_vl_vision, _QWEN3_ROPE, (24, 20, 20),
+        video_per_frame=True,
+    ),
+    "qwen3_vl_moe": Family(
+        "30B-A3B", "Qwen/Qwen3-VL-30B-A3B-Instruct",
+        Architecture(llm_hidden=2048, llm_mlp=768, llm_heads=32, llm_kv_heads=4, llm_head_dim=128, llm_layers=48,
+                     llm_experts=128, llm_active_experts=8, **_QWEN3_VL_8B_VISION),
+        Qwen3VLMoeForConditionalGeneration, Qwen3VLMoeConfig, _qwen3_vl_vision, _QWEN3_ROPE, (24, 20, 20),
+        video_per_frame=True,
+    ),
+}
 
 
 def _blocks(size: int, block: int) -> list[int]:
@@ -96,95 +198,112 @@ def _blocks(size: int, block: int) -> list[int]:
 
 
 def vision_macs(arch: Architecture, grid: tuple[int, int, int]) -> float:
-    """MACs of the vision encoder and merger on one item of (t, h, w) merged tokens (4 patches each)."""
+    """MACs of the vision encoder and its mergers on one item of (t, h, w) merged tokens (4 patches each)."""
     t, h, w = grid
     patches = 4 * t * h * w
     d, m = arch.vision_hidden, arch.vision_mlp
-    per_layer_linear = patches * (4 * d * d + 3 * d * m)  # qkv + output projections, SwiGLU MLP
+    per_layer_linear = patches * (4 * d * d + arch.vision_mlp_matrices * d * m)  # qkv + output projections, MLP
     window_sq = t * sum((4 * a * b) ** 2 for a in _blocks(h, arch.window_merged) for b in _blocks(w, arch.window_merged))
     frame_sq = t * (4 * h * w) ** 2  # full attention is per frame
     full = len(arch.vision_full_attention)
     attention = 2 * d * (full * frame_sq + (arch.vision_depth - full) * window_sq)  # scores and weighted sum
-    merger = t * h * w * ((4 * d) ** 2 + 4 * d * arch.llm_hidden)
-    return patches * PATCH_VALUES * d + arch.vision_depth * per_layer_linear + attention + merger
+    mergers = (1 + len(arch.deepstack_taps)) * t * h * w * ((4 * d) ** 2 + 4 * d * arch.llm_hidden)
+    patch_values = 3 * 2 * arch.patch_size**2  # channels x temporal patch x patch x patch
+    return patches * patch_values * d + arch.vision_depth * per_layer_linear + attention + mergers
 
 
 def llm_macs(arch: Architecture, length: int) -> float:
-    """MACs of a causal LLM prefill of `length` tokens (the last token's logits are negligible and left out)."""
-    d, kv = arch.llm_hidden, arch.llm_kv_heads * arch.llm_head_dim
-    per_token = 2 * d * d + 2 * d * kv + 3 * d * arch.llm_mlp
-    attention = 2 * d * length * (length + 1) / 2
+    """MACs of a causal LLM prefill of `length` tokens (the last token's logits are negligible and left out); an MoE
+    counts its router and the MLPs of the experts each token runs through."""
+    d, q, kv = arch.llm_hidden, arch.llm_heads * arch.llm_head_dim, arch.llm_kv_heads * arch.llm_head_dim
+    mlp = arch.llm_active_experts * 3 * d * arch.llm_mlp + d * arch.llm_experts  # SwiGLU MLPs, router
+    per_token = 2 * d * q + 2 * d * kv + mlp  # q and output, k and v projections, MLP
+    attention = 2 * q * length * (length + 1) / 2
     return arch.llm_layers * (length * per_token + attention)
 
 
-def prefill_macs(arch: Architecture, grid: tuple[int, int, int], retention_ratio: float = 1.0) -> tuple[float, float]:
-    """(vision MACs, LLM MACs) of a prefill of one item plus `TEXT_TOKENS` text tokens at `retention_ratio`."""
+def prefill_macs(arch: Architecture, grid, text_tokens: int, retention_ratio: float = 1.0) -> tuple[float, float]:
+    """(vision MACs, LLM MACs) of a prefill of one item plus `text_tokens` other tokens at `retention_ratio`."""
     n = grid[0] * grid[1] * grid[2]
-    kept = max(1, int(retention_ratio * n))
-    return vision_macs(arch, grid), llm_macs(arch, kept + TEXT_TOKENS + 2)
+    kept = num_kept_tokens(n, retention_ratio)
+    return vision_macs(arch, grid), llm_macs(arch, kept + text_tokens)
 
 
-def vision_share(arch: Architecture, grid) -> float:
-    vision, llm = prefill_macs(arch, grid)
+def vision_share(arch: Architecture, grid, text_tokens: int) -> float:
+    vision, llm = prefill_macs(arch, grid, text_tokens)
     return vision / (vision + llm)
 
 
-def benchmark_architecture(grid, width_divisor: int) -> Architecture:
-    """The 7B at LLM width / `width_divisor`, with the vision width solved so the vision MAC share is the 7B's."""
-    base = QWEN2_5_VL_7B
-    llm_hidden = max(16, base.llm_hidden // width_divisor // 16 * 16)
-    llm_heads = llm_hidden // 16  # head dim 16
-    arch = dataclasses.replace(
+def _with_llm_width(base: Architecture, llm_hidden: int) -> Architecture:
+    """`base` with an LLM of width `llm_hidden`: heads of dim 16, the query width, GQA ratio and MLP ratio of `base`."""
+    query_width = base.llm_heads * base.llm_head_dim / base.llm_hidden  # heads x head dim / hidden: 1, or 2 (30B-A3B)
+    llm_heads = max(1, round(query_width * llm_hidden / 16))
+    kv_heads = max(1, llm_heads // (base.llm_heads // base.llm_kv_heads))
+    while llm_heads % kv_heads:  # each key-value head serves a whole group of query heads
+        kv_heads -= 1
+    return dataclasses.replace(
         base,
         llm_hidden=llm_hidden,
-        llm_mlp=round(base.llm_mlp * llm_hidden / base.llm_hidden),
+        llm_mlp=8 * max(1, round(base.llm_mlp * llm_hidden / base.llm_hidden / 8)),  # grouped expert kernels: 16-byte strides
         llm_heads=llm_heads,
-        llm_kv_heads=max(1, llm_heads // (base.llm_heads // base.llm_kv_heads)),
+        llm_kv_heads=kv_heads,
+        llm_head_dim=16,
     )
-    target = vision_share(base, grid)
+
+
+def benchmark_architecture(family: Family, grid, width_divisor: int, text_tokens: int) -> Architecture:
+    """The full-size model at LLM width / `width_divisor`, with the vision width solved so that the vision MAC share is
+    the full-size model's."""
+    base = family.full
+    target = vision_share(base, grid, text_tokens)
+    # Even the narrowest vision tower (width 16) may exceed the target share: full attention in every block over many
+    # patches costs N^2 d. Then the LLM is widened, in steps of 16, until that tower fits under the target.
+    narrowest = dict(vision_hidden=16, vision_mlp=16 if family.vision_mlp_per_width else 1)
+    llm_hidden = max(16, base.llm_hidden // width_divisor // 16 * 16)
+    arch = _with_llm_width(base, llm_hidden)
+    while llm_hidden < base.llm_hidden and vision_share(dataclasses.replace(arch, **narrowest), grid, text_tokens) > target:
+        llm_hidden += 16
+        arch = _with_llm_width(base, llm_hidden)
     start = max(16, base.vision_hidden // width_divisor // 16 * 16)
     for hidden in range(start, 15, -16):
         arch = dataclasses.replace(arch, vision_hidden=hidden, vision_mlp=round(hidden * base.vision_mlp / base.vision_hidden))
-        if vision_share(arch, grid) <= target:
+        if vision_share(arch, grid, text_tokens) <= target:
             break
     # Vision MACs are linear in the MLP width: solve for the width that gives the target share exactly.
-    vision, llm = prefill_macs(arch, grid)
+    vision, llm = prefill_macs(arch, grid, text_tokens)
     per_mlp_unit = (vision - vision_macs(dataclasses.replace(arch, vision_mlp=0), grid)) / arch.vision_mlp
     wanted = target * llm / (1 - target)
     mlp = max(1, round(arch.vision_mlp + (wanted - vision) / per_mlp_unit))
+    if family.vision_mlp_per_width:
+        mlp = arch.vision_hidden * max(1, round(mlp / arch.vision_hidden))
     return dataclasses.replace(arch, vision_mlp=mlp)
 
 
-def qwen_config(arch: Architecture, attn: str) -> Qwen2_5_VLConfig:
-    head_dim = arch.llm_head_dim
-    section = [head_dim // 8, 3 * head_dim // 16, head_dim // 2 - head_dim // 8 - 3 * head_dim // 16]  # 2:3:3
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=1024,
-            hidden_size=arch.llm_hidden,
-            intermediate_size=arch.llm_mlp,
-            num_hidden_layers=arch.llm_layers,
-            num_attention_heads=arch.llm_heads,
-            num_key_value_heads=arch.llm_kv_heads,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        ),
-        vision_config=dict(
-            depth=arch.vision_depth,
-            hidden_size=arch.vision_hidden,
-            intermediate_size=arch.vision_mlp,
-            num_heads=arch.vision_hidden // 16,
-            out_hidden_size=arch.llm_hidden,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=112,
-            fullatt_block_indexes=list(arch.vision_full_attention),
-            tokens_per_second=2,
-        ),
+def qwen_config(family: Family, arch: Architecture, attn: str):
+    """The stock configuration of a random `family` model with the widths and depths of `arch`."""
+    half = arch.llm_head_dim // 2
+    t, h, w = family.mrope_split
+    section = [half * h // (t + h + w), half * w // (t + h + w)]  # the full model's split, scaled to this head dim
+    text = dict(
+        vocab_size=1024,
+        hidden_size=arch.llm_hidden,
+        intermediate_size=arch.llm_mlp,
+        num_hidden_layers=arch.llm_layers,
+        num_attention_heads=arch.llm_heads,
+        num_key_value_heads=arch.llm_kv_heads,
+        head_dim=arch.llm_head_dim,
+        max_position_embeddings=32768,
+        rope_parameters={**family.rope, "mrope_section": [half - sum(section), *section]},
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    if arch.llm_experts:  # every layer routes each token to `llm_active_experts` of `llm_experts` MLPs
+        text.update(moe_intermediate_size=arch.llm_mlp, num_experts=arch.llm_experts,
+                    num_experts_per_tok=arch.llm_active_experts, decoder_sparse_step=1, mlp_only_layers=[])
+    config = family.config_class(
+        text_config=text,
+        vision_config=dict(spatial_merge_size=2, temporal_patch_size=2, **family.vision_fields(arch)),
         image_token_id=IMAGE_TOKEN,
         video_token_id=VIDEO_TOKEN,
         vision_start_token_id=VISION_START,
@@ -211,17 +330,36 @@ def parse_size(text: str) -> tuple[str, tuple[int, int, int]]:
     raise ValueError(f"A size is N (square image of N merged tokens) or TxHxW (video), got {text!r}.")
 
 
-def make_inputs(kind: str, grid, device, dtype) -> dict:
+def prompt_ids(family: Family, kind: str, grid) -> list[int]:
+    """Text, then the item's placeholders between vision start/end tokens (a Qwen3-VL video: one such block per
+    merged frame, each after its timestamp text), then text."""
+    t, h, w = grid
+    if kind == "video" and family.video_per_frame:
+        frames = [list(range(50, 50 + FRAME_TEXT_TOKENS)) + [VISION_START] + [VIDEO_TOKEN] * (h * w) + [VISION_END]
+                  for _ in range(t)]
+        visual = [token for frame in frames for token in frame]
+    else:
+        visual = [VISION_START] + [IMAGE_TOKEN if kind == "image" else VIDEO_TOKEN] * (t * h * w) + [VISION_END]
+    return list(range(10, 26)) + visual + list(range(30, 46))
+
+
+def text_tokens(family: Family, kind: str, grid) -> int:
+    """Tokens of the prompt that are not visual placeholders."""
+    return len(prompt_ids(family, kind, grid)) - grid[0] * grid[1] * grid[2]
+
+
+def make_inputs(family: Family, kind: str, grid, device, dtype) -> dict:
     t, h, w = grid
     n = t * h * w
-    pad = IMAGE_TOKEN if kind == "image" else VIDEO_TOKEN
-    ids = list(range(10, 26)) + [VISION_START] + [pad] * n + [VISION_END] + list(range(30, 46))
-    input_ids = torch.tensor([ids], device=device)
-    pixels = torch.randn(4 * n, PATCH_VALUES, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    input_ids = torch.tensor([prompt_ids(family, kind, grid)], device=device)
+    patch_values = 3 * 2 * family.full.patch_size**2
+    pixels = torch.randn(4 * n, patch_values, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     grid_thw = torch.tensor([[t, 2 * h, 2 * w]], device=device)
     visual = {"pixel_values": pixels, "image_grid_thw": grid_thw} if kind == "image" else {
         "pixel_values_videos": pixels, "video_grid_thw": grid_thw}
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), **visual}
+    mm_token_type_ids = (input_ids == IMAGE_TOKEN).long() + 2 * (input_ids == VIDEO_TOKEN).long()  # text 0, image 1, video 2
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "mm_token_type_ids": mm_token_type_ids,
+            **visual}
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -269,28 +407,26 @@ def cache_bytes(cache) -> int:
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
 
-def kv_bytes_7b(length: int) -> int:
-    """KV cache of the 7B in bfloat16 for `length` tokens."""
-    arch = QWEN2_5_VL_7B
+def kv_bytes(arch: Architecture, length: int) -> int:
+    """KV cache of `arch` in bfloat16 for `length` tokens."""
     return 2 * arch.llm_layers * arch.llm_kv_heads * arch.llm_head_dim * length * 2
 
 
 @torch.no_grad()
-def bench_input(label, kind, grid, ratios, args, device, dtype) -> list[dict]:
-    arch = benchmark_architecture(grid, args.width_divisor)
+def bench_input(family: Family, label, kind, grid, ratios, args, device, dtype) -> list[dict]:
+    other_tokens = text_tokens(family, kind, grid)
+    arch = benchmark_architecture(family, grid, args.width_divisor, other_tokens)
     torch.manual_seed(0)
-    stock = Qwen2_5_VLForConditionalGeneration(qwen_config(arch, args.attn)).to(device, dtype).eval()
-    model = VisionSelectorForConditionalGeneration.from_backbone(stock).eval()  # shares the stock tensors
-    inputs = make_inputs(kind, grid, device, dtype)
-    visual = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    stock = family.stock_class(qwen_config(family, arch, args.attn)).to(device, dtype).eval()
+    model = VisionSelectorForConditionalGeneration.from_backbone(stock).eval()  # the family's class, sharing the tensors
+    inputs = make_inputs(family, kind, grid, device, dtype)
+    visual = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
     n = grid[0] * grid[1] * grid[2]
 
     # T_vision(r) = encoder (the same for every r) + scorer and top-k at r, timed apart.
     fns = {
         "full": lambda: stock(**inputs, use_cache=True, logits_to_keep=1),
-        "encoder": lambda: model._visual_features(
-            visual.get("pixel_values"), visual.get("image_grid_thw"), visual.get("pixel_values_videos"), visual.get("video_grid_thw")
-        ),
+        "encoder": lambda: encode_visual_items(stock, visual),
     }
     features = fns["encoder"]()
     lengths = [f.shape[0] for f in features]
@@ -312,15 +448,16 @@ def bench_input(label, kind, grid, ratios, args, device, dtype) -> list[dict]:
     t = measure(fns, args.repeats, device)
 
     full_length = inputs["input_ids"].shape[1]
-    full_7b = sum(prefill_macs(QWEN2_5_VL_7B, grid, 1.0))
+    full_macs = sum(prefill_macs(family.full, grid, other_tokens, 1.0))
     rows = []
     for ratio in ratios:
         pruned = outputs[f"pruned@{ratio}"]
         t_pruned, t_llm = t[f"pruned@{ratio}"], t[f"llm@{ratio}"]
         t_vision = t["encoder"] + t[f"select@{ratio}"]
         ideal = t["full"] / (t_vision + t_llm)
-        vision_7b, llm_7b = prefill_macs(QWEN2_5_VL_7B, grid, ratio)
+        vision_full, llm_full = prefill_macs(family.full, grid, other_tokens, ratio)
         rows.append({
+            "family": family.stock_class.__name__, "backbone": family.backbone,
             "input": label, "kind": kind, "merged_grid": list(grid), "visual_tokens": n,
             "kept_visual_tokens": sum(len(k) for k in selections[ratio].kept_indices), "retention_ratio": ratio,
             "prefill_length": pruned.attention_mask.shape[1], "full_length": full_length,
@@ -329,15 +466,26 @@ def bench_input(label, kind, grid, ratios, args, device, dtype) -> list[dict]:
             "speedup": t["full"] / t_pruned, "ideal_speedup": ideal, "achieved_over_ideal": t["full"] / t_pruned / ideal,
             "select_share_of_prefill": t[f"select@{ratio}"] / t_pruned,
             "kv_cache_bytes": cache_bytes(pruned.past_key_values), "kv_cache_bytes_full": cache_bytes(outputs["full"].past_key_values),
-            "kv_cache_bytes_7b_bf16": kv_bytes_7b(pruned.attention_mask.shape[1]),
+            "kv_cache_bytes_full_size_bf16": kv_bytes(family.full, pruned.attention_mask.shape[1]),
             "peak_bytes": peaks[f"pruned@{ratio}"], "peak_bytes_full": peaks["full"],
-            "ideal_speedup_7b_macs": full_7b / (vision_7b + llm_7b),
-            "vision_mac_share_7b": vision_share(QWEN2_5_VL_7B, grid), "vision_mac_share_bench": vision_share(arch, grid),
+            "ideal_speedup_full_size_macs": full_macs / (vision_full + llm_full),
+            "vision_mac_share_full_size": vision_share(family.full, grid, other_tokens),
+            "vision_mac_share_bench": vision_share(arch, grid, other_tokens),
             "vision_time_share_bench": t["encoder"] / t["full"],
             "architecture": dataclasses.asdict(arch),
         })
     print(f"  {label}: stock {t['full'] * 1e3:.0f} ms, encoder {t['encoder'] * 1e3:.0f} ms", file=sys.stderr, flush=True)
     return rows
+
+
+def encode_visual_items(stock, visual) -> list[torch.Tensor]:
+    """The stock vision encoder's merged tokens of every image, then every video."""
+    features = []
+    if visual.get("pixel_values") is not None:
+        features += stock.model.get_image_features(visual["pixel_values"], visual["image_grid_thw"]).pooler_output
+    if visual.get("pixel_values_videos") is not None:
+        features += stock.model.get_video_features(visual["pixel_values_videos"], visual["video_grid_thw"]).pooler_output
+    return features
 
 
 def _llm_prefill(model, llm_inputs):
@@ -347,14 +495,26 @@ def _llm_prefill(model, llm_inputs):
 
 
 def _pruned_llm_inputs(model, inputs, selection) -> dict:
-    """The language model's inputs for the pruned prompt: embeddings with the kept features, positions, mask."""
-    pruned = model._prune(selection, inputs["input_ids"], inputs["attention_mask"], None, None, None,
-                          inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), None)
+    """The language model's inputs for the pruned prompt: embeddings with the kept features, positions, mask (and for
+    Qwen3-VL the kept deepstack features, which the first decoder layers add at the visual positions)."""
+    pruned = model.prune_inputs(
+        selection,
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        video_grid_thw=inputs.get("video_grid_thw"),
+    )
     embeds = model.model.get_input_embeddings()(pruned.input_ids)  # (1, L', D)
     placeholders = (pruned.input_ids == IMAGE_TOKEN) | (pruned.input_ids == VIDEO_TOKEN)
     kept = torch.cat([f[i] for f, i in zip(selection.features, selection.kept_indices)])
     embeds[placeholders] = kept.to(embeds.dtype)
-    return {"inputs_embeds": embeds, "attention_mask": pruned.attention_mask, "position_ids": pruned.position_ids}
+    llm_inputs = {"inputs_embeds": embeds, "attention_mask": pruned.attention_mask, "position_ids": pruned.position_ids}
+    if selection.deepstack_features is not None:
+        per_item = [[layer[i] for layer in item] for item, i in zip(selection.deepstack_features, selection.kept_indices)]
+        llm_inputs["visual_pos_masks"] = placeholders
+        llm_inputs["deepstack_visual_embeds"] = [torch.cat(layer).to(embeds.dtype) for layer in zip(*per_item)]
+    return llm_inputs
 
 
 @torch.no_grad()
@@ -399,9 +559,10 @@ def _mib(nbytes) -> str:
     return "n/a" if nbytes is None else f"{nbytes / 2**20:.1f}"
 
 
-def prefill_table(rows) -> str:
+def prefill_table(rows, family: Family) -> str:
+    size = family.label
     lines = [
-        "| input | r | visual tokens | prefill ms | speedup | ideal | achieved/ideal | scorer+top-k % | KV MiB | KV MiB (7B bf16) | peak MiB | 7B MAC ideal |",
+        f"| input | r | visual tokens | prefill ms | speedup | ideal | achieved/ideal | scorer+top-k % | KV MiB | KV MiB ({size} bf16) | peak MiB | {size} MAC ideal |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -409,14 +570,14 @@ def prefill_table(rows) -> str:
             f"| {r['input']} | {r['retention_ratio']} | {r['kept_visual_tokens']}/{r['visual_tokens']} | "
             f"{r['t_pruned_s'] * 1e3:.0f} (stock {r['t_full_s'] * 1e3:.0f}) | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | "
             f"{100 * r['achieved_over_ideal']:.0f}% | {100 * r['select_share_of_prefill']:.2f}% | {_mib(r['kv_cache_bytes'])} | "
-            f"{_mib(r['kv_cache_bytes_7b_bf16'])} | {_mib(r['peak_bytes'])} (stock {_mib(r['peak_bytes_full'])}) | "
-            f"{r['ideal_speedup_7b_macs']:.2f}x |"
+            f"{_mib(r['kv_cache_bytes_full_size_bf16'])} | {_mib(r['peak_bytes'])} (stock {_mib(r['peak_bytes_full'])}) | "
+            f"{r['ideal_speedup_full_size_macs']:.2f}x |"
         )
     return "\n".join(lines)
 
 
-def shares_table(rows) -> str:
-    lines = ["| input | vision MAC share, 7B | vision MAC share, benchmark model | encoder time share, measured | vision width / MLP |",
+def shares_table(rows, family: Family) -> str:
+    lines = [f"| input | vision MAC share, {family.label} | vision MAC share, benchmark model | encoder time share, measured | vision width / MLP |",
              "|---|---|---|---|---|"]
     seen = set()
     for r in rows:
@@ -424,7 +585,7 @@ def shares_table(rows) -> str:
             seen.add(r["input"])
             a = r["architecture"]
             lines.append(
-                f"| {r['input']} | {100 * r['vision_mac_share_7b']:.1f}% | {100 * r['vision_mac_share_bench']:.1f}% | "
+                f"| {r['input']} | {100 * r['vision_mac_share_full_size']:.1f}% | {100 * r['vision_mac_share_bench']:.1f}% | "
                 f"{100 * r['vision_time_share_bench']:.1f}% | {a['vision_hidden']} / {a['vision_mlp']} |"
             )
     return "\n".join(lines)
@@ -461,6 +622,9 @@ def hardware(device: torch.device) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="qwen2_5_vl", choices=list(FAMILIES),
+                        help="the structure of the benchmark model: " + ", ".join(
+                            f"{name}: {f.backbone.split('/')[1]}" for name, f in FAMILIES.items()))
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--attn", default="sdpa", help="attention implementation: sdpa, eager, flash_attention_2")
     parser.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16 (default on CUDA), float16")
@@ -471,11 +635,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: on a shared machine, OpenMP threads that wait for each other "
                         "slow small kernels by 10x or more and ruin the ratios; pass 2 on an idle 2-core machine)")
-    parser.add_argument("--width-divisor", type=int, default=32, help="LLM width = 7B width / this")
+    parser.add_argument("--width-divisor", type=int, default=32, help="LLM width = the full-size model's width / this")
     parser.add_argument("--scorer-sizes", default="1024,2048,4096,8192,16384")
     parser.add_argument("--scorer-width", type=int, default=None, help="token width for the scorer timing (default: the benchmark LLM's)")
     parser.add_argument("--naive-max-gib", type=float, default=4.0, help="skip the naive scorer where its N x N float32 matrix is larger")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/prefill_<device>.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/prefill_[<family>_]<device>.json)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -485,27 +649,32 @@ def main(argv=None):
     if args.attn == "flash_attention_2" and dtype == torch.float32:
         parser.error("flash_attention_2 needs --dtype bfloat16 or float16.")
     ratios = [float(r) for r in args.ratios.split(",")]
-    out = Path(args.out or Path(__file__).parent / "results" / f"prefill_{device.type}.json")
+    family = FAMILIES[args.family]
+    prefix = "prefill" if args.family == "qwen2_5_vl" else f"prefill_{args.family}"
+    out = Path(args.out or Path(__file__).parent / "results" / f"{prefix}_{device.type}.json")
 
     started = time.perf_counter()
-    bench_input("warm-up", "image", (1, 2, 2), [0.5], argparse.Namespace(**{**vars(args), "repeats": 1}), device, dtype)  # first-call costs
+    warm_up = argparse.Namespace(**{**vars(args), "repeats": 1})
+    bench_input(family, "warm-up", "image", (1, 2, 2), [0.5], warm_up, device, dtype)  # first-call costs
     rows = []
+    px = 2 * family.full.patch_size  # pixels per merged token
     for size in args.sizes.split(","):
         kind, grid = parse_size(size)
-        label = f"image {grid[1] * 28}x{grid[2] * 28} px" if kind == "image" else f"video {2 * grid[0]} frames {grid[1] * 28}x{grid[2] * 28} px"
-        rows.extend(bench_input(label, kind, grid, ratios, args, device, dtype))
-    width = args.scorer_width or benchmark_architecture((1, 16, 16), args.width_divisor).llm_hidden
+        label = f"image {grid[1] * px}x{grid[2] * px} px" if kind == "image" else f"video {2 * grid[0]} frames {grid[1] * px}x{grid[2] * px} px"
+        rows.extend(bench_input(family, label, kind, grid, ratios, args, device, dtype))
+    width = args.scorer_width or benchmark_architecture(family, (1, 16, 16), args.width_divisor, TEXT_TOKENS + 2).llm_hidden
     scorer_rows = bench_scorer([int(s) for s in args.scorer_sizes.split(",")], width, args.repeats, device, dtype, args.naive_max_gib)
     elapsed = time.perf_counter() - started
 
     report = "\n\n".join([
         f"Hardware: {hardware(device)}; dtype {str(dtype).removeprefix('torch.')}, attention {args.attn}, "
         f"median of {args.repeats}; total {elapsed:.0f} s.",
-        prefill_table(rows), shares_table(rows), scorer_table(scorer_rows),
+        prefill_table(rows, family), shares_table(rows, family), scorer_table(scorer_rows),
     ])
     print(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
+        "family": args.family, "backbone": family.backbone,
         "hardware": hardware(device), "dtype": str(dtype), "attn": args.attn, "repeats": args.repeats,
         "width_divisor": args.width_divisor, "elapsed_s": elapsed, "prefill": rows, "scorer": scorer_rows,
     }, indent=1))

@@ -1,15 +1,32 @@
-"""VisionSelector for Qwen2.5-VL: learned visual token selection, as a transformers model package.
+"""VisionSelector for the Qwen-VL family: learned visual token selection, as a transformers model package.
 
-The sibling files of this folder are also the remote code that `save_pretrained` ships with a checkpoint.
+The sibling files of this folder (but `hub_utils.py`) are also the remote code that `save_pretrained` ships with a
+checkpoint.
 """
 
-from .configuration_visionselector import VisionSelectorConfig
+from .configuration_visionselector import (
+    CONFIG_CLASSES,
+    SUPPORTED_TRANSFORMERS,
+    VisionSelectorConfig,
+    VisionSelectorFields,
+    VisionSelectorQwen2VLConfig,
+    VisionSelectorQwen3VLConfig,
+    VisionSelectorQwen3VLMoeConfig,
+)
 from .modeling_visionselector import (
     SCORER_WEIGHTS_NAME,
-    VisionSelectorCausalLMOutputWithPast,
+    VISIONSELECTOR_CLASSES,
+    PrunedInputs,
     VisionSelectorForConditionalGeneration,
+    VisionSelectorMixin,
+    VisionSelectorOutput,
+    VisionSelectorQwen2VLForConditionalGeneration,
+    VisionSelectorQwen3VLForConditionalGeneration,
+    VisionSelectorQwen3VLMoeForConditionalGeneration,
     VisualTokenSelection,
     check_scorer_tensors,
+    visionselector_class_for,
+    with_selection_fields,
 )
 from .hub_utils import convert_checkpoint_to_scorer, push_scorer_to_hub, save_scorer, scorer_state_dict
 from .scoring import (
@@ -22,12 +39,26 @@ from .scoring import (
 )
 
 __all__ = [
+    "CONFIG_CLASSES",
+    "SUPPORTED_TRANSFORMERS",
+    "VISIONSELECTOR_CLASSES",
     "VisionSelectorConfig",
+    "VisionSelectorFields",
+    "VisionSelectorQwen2VLConfig",
+    "VisionSelectorQwen3VLConfig",
+    "VisionSelectorQwen3VLMoeConfig",
+    "VisionSelectorMixin",
     "VisionSelectorForConditionalGeneration",
-    "VisionSelectorCausalLMOutputWithPast",
+    "VisionSelectorQwen2VLForConditionalGeneration",
+    "VisionSelectorQwen3VLForConditionalGeneration",
+    "VisionSelectorQwen3VLMoeForConditionalGeneration",
+    "VisionSelectorOutput",
     "VisualTokenSelection",
+    "PrunedInputs",
     "SCORER_WEIGHTS_NAME",
     "check_scorer_tensors",
+    "visionselector_class_for",
+    "with_selection_fields",
     "scorer_state_dict",
     "convert_checkpoint_to_scorer",
     "push_scorer_to_hub",

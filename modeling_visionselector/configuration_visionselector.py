@@ -1,4 +1,16 @@
-"""Configuration of VisionSelector models: a Qwen2.5-VL configuration plus the scorer and retention settings."""
+"""Configuration of VisionSelector models: a Qwen-VL configuration plus the scorer and retention settings.
+
+One configuration class per backbone family, each a subclass of the stock one with its own `model_type`:
+
+| class | stock configuration | `model_type` |
+| --- | --- | --- |
+| `VisionSelectorQwen2VLConfig` | `Qwen2VLConfig` | `visionselector_qwen2_vl` |
+| `VisionSelectorConfig` | `Qwen2_5_VLConfig` | `visionselector_qwen2_5_vl` |
+| `VisionSelectorQwen3VLConfig` | `Qwen3VLConfig` | `visionselector_qwen3_vl` |
+| `VisionSelectorQwen3VLMoeConfig` | `Qwen3VLMoeConfig` | `visionselector_qwen3_vl_moe` |
+
+The fields VisionSelector adds are declared once, in `VisionSelectorFields`.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +18,35 @@ import dataclasses
 import math
 import numbers
 
-from huggingface_hub.dataclasses import strict
-from transformers import Qwen2_5_VLConfig
+import transformers
+from packaging import version
 
-from .scoring import validate_retention_ratio
+# Remote code runs under the user's transformers: fail here, at import, rather than deep inside a forward.
+SUPPORTED_TRANSFORMERS = (version.Version("5.20.0"), version.Version("5.25.0"))
+TRANSFORMERS_VERSION = version.Version(version.Version(transformers.__version__).base_version)
+if not SUPPORTED_TRANSFORMERS[0] <= TRANSFORMERS_VERSION < SUPPORTED_TRANSFORMERS[1]:
+    raise ImportError(
+        f"VisionSelector supports transformers >={SUPPORTED_TRANSFORMERS[0]},<{SUPPORTED_TRANSFORMERS[1]}, but "
+        f"transformers {transformers.__version__} is installed: `pip install 'transformers>="
+        f"{SUPPORTED_TRANSFORMERS[0]},<{SUPPORTED_TRANSFORMERS[1]}'`."
+    )
 
-# What `save_pretrained` writes so that every auto class finds the remote code (custom_object_save writes one).
-AUTO_MAP = {
-    "AutoConfig": "configuration_visionselector.VisionSelectorConfig",
-    "AutoModel": "modeling_visionselector.VisionSelectorForConditionalGeneration",
-    "AutoModelForImageTextToText": "modeling_visionselector.VisionSelectorForConditionalGeneration",
-    "AutoModelForVision2Seq": "modeling_visionselector.VisionSelectorForConditionalGeneration",
-}
+from huggingface_hub.dataclasses import strict  # noqa: E402
+from transformers import (  # noqa: E402
+    PreTrainedConfig,
+    Qwen2_5_VLConfig,
+    Qwen2VLConfig,
+    Qwen3VLConfig,
+    Qwen3VLMoeConfig,
+)
+
+from .scoring import validate_retention_ratio  # noqa: E402
 
 
-@strict
-class VisionSelectorConfig(Qwen2_5_VLConfig):
+@dataclasses.dataclass(kw_only=True, repr=False)
+class VisionSelectorFields:
     r"""
-    Configuration of a [`VisionSelectorForConditionalGeneration`]: every field of [`Qwen2_5_VLConfig`] (the
-    backbone) plus the fields below.
+    The fields a VisionSelector configuration adds to its backbone's.
 
     Args:
         scorer_hidden_size (`int`, *optional*, defaults to `text_config.hidden_size // 2`):
@@ -32,7 +54,7 @@ class VisionSelectorConfig(Qwen2_5_VLConfig):
             parameters on Qwen2.5-VL-7B, 4,196,352 on Qwen2.5-VL-3B.
         retention_ratio (`float`, *optional*, defaults to 0.3):
             Share of each image's and video's merged visual tokens kept at inference, in (0, 1]; an item of n
-            tokens keeps `max(1, int(retention_ratio * n))`. `forward` and `generate` accept a per-call override.
+            tokens keeps `max(1, floor(retention_ratio * n))`. `forward` and `generate` accept a per-call override.
             1.0 reproduces the backbone exactly.
         train_retention_ratio (`float`, *optional*, defaults to 0.2):
             Share of tokens the differentiable top-k keeps in training, in (0, 1]. The paper trains at 0.2 and
@@ -49,7 +71,8 @@ class VisionSelectorConfig(Qwen2_5_VLConfig):
             `base_model_name_or_path`. The configuration of a loaded model has it `False`.
     """
 
-    model_type = "visionselector_qwen2_5_vl"
+    # The VisionSelector model class of this configuration, for `auto_map` (set by each configuration class).
+    model_class_name = None
 
     scorer_hidden_size: int | None = None
     retention_ratio: float = 0.3
@@ -60,7 +83,7 @@ class VisionSelectorConfig(Qwen2_5_VLConfig):
     scorer_only: bool = False
 
     def __post_init__(self, **kwargs):
-        kwargs.pop("model_type", None)  # a backbone's `to_dict()` says "qwen2_5_vl"; this class has its own
+        kwargs.pop("model_type", None)  # a backbone's `to_dict()` names the stock type; this class has its own
         super().__post_init__(**kwargs)
         if self.scorer_hidden_size is None:
             self.scorer_hidden_size = self.text_config.hidden_size // 2
@@ -74,16 +97,80 @@ class VisionSelectorConfig(Qwen2_5_VLConfig):
         if self.scorer_only and not self.base_model_name_or_path:
             raise ValueError("A scorer-only configuration (`scorer_only=True`) needs `base_model_name_or_path`.")
         if getattr(self, "auto_map", None) is None:
-            self.auto_map = dict(AUTO_MAP)
+            self.auto_map = self.default_auto_map()
 
     @classmethod
-    def from_backbone_config(cls, backbone_config: Qwen2_5_VLConfig, **overrides) -> "VisionSelectorConfig":
+    def default_auto_map(cls) -> dict[str, str]:
+        """The `auto_map` that `save_pretrained` writes, so that every auto class finds the shipped code."""
+        model = f"modeling_visionselector.{cls.model_class_name}"
+        return {
+            "AutoConfig": f"configuration_visionselector.{cls.__name__}",
+            "AutoModel": model,
+            "AutoModelForImageTextToText": model,
+            "AutoModelForVision2Seq": model,
+        }
+
+    @classmethod
+    def from_backbone_config(cls, backbone_config: PreTrainedConfig, **overrides):
         """The configuration of a VisionSelector around a backbone with `backbone_config`, with `overrides` applied."""
         unknown = sorted(set(overrides) - {field.name for field in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"Unknown VisionSelectorConfig fields {unknown}.")
+            raise ValueError(f"Unknown {cls.__name__} fields {unknown}.")
         values = backbone_config.to_dict()
         for key in ("model_type", "architectures", "auto_map", "transformers_version"):
             values.pop(key, None)
         values.update(overrides)
         return cls(**values)
+
+
+@strict
+class VisionSelectorQwen2VLConfig(VisionSelectorFields, Qwen2VLConfig):
+    r"""
+    Configuration of a [`VisionSelectorQwen2VLForConditionalGeneration`]: every field of [`Qwen2VLConfig`] plus
+    those of [`VisionSelectorFields`].
+    """
+
+    model_type = "visionselector_qwen2_vl"
+    model_class_name = "VisionSelectorQwen2VLForConditionalGeneration"
+
+
+@strict
+class VisionSelectorConfig(VisionSelectorFields, Qwen2_5_VLConfig):
+    r"""
+    Configuration of a [`VisionSelectorForConditionalGeneration`] (Qwen2.5-VL): every field of [`Qwen2_5_VLConfig`]
+    plus those of [`VisionSelectorFields`].
+    """
+
+    model_type = "visionselector_qwen2_5_vl"
+    model_class_name = "VisionSelectorForConditionalGeneration"
+
+
+@strict
+class VisionSelectorQwen3VLConfig(VisionSelectorFields, Qwen3VLConfig):
+    r"""
+    Configuration of a [`VisionSelectorQwen3VLForConditionalGeneration`]: every field of [`Qwen3VLConfig`] plus
+    those of [`VisionSelectorFields`].
+    """
+
+    model_type = "visionselector_qwen3_vl"
+    model_class_name = "VisionSelectorQwen3VLForConditionalGeneration"
+
+
+@strict
+class VisionSelectorQwen3VLMoeConfig(VisionSelectorFields, Qwen3VLMoeConfig):
+    r"""
+    Configuration of a [`VisionSelectorQwen3VLMoeForConditionalGeneration`]: every field of [`Qwen3VLMoeConfig`]
+    plus those of [`VisionSelectorFields`].
+    """
+
+    model_type = "visionselector_qwen3_vl_moe"
+    model_class_name = "VisionSelectorQwen3VLMoeForConditionalGeneration"
+
+
+# The stock `model_type` each configuration class wraps.
+CONFIG_CLASSES = {
+    "qwen2_vl": VisionSelectorQwen2VLConfig,
+    "qwen2_5_vl": VisionSelectorConfig,
+    "qwen3_vl": VisionSelectorQwen3VLConfig,
+    "qwen3_vl_moe": VisionSelectorQwen3VLMoeConfig,
+}

@@ -34,25 +34,29 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file, logging
 
-from .configuration_visionselector import AUTO_MAP, VisionSelectorConfig
+from transformers import PreTrainedConfig
+
+from .configuration_visionselector import VisionSelectorFields
 from .modeling_visionselector import (
     SCORER_WEIGHTS_NAME,
     VisionSelectorForConditionalGeneration,
+    VisionSelectorMixin,
     check_scorer_tensors,
+    visionselector_class_for,
 )
 from .scoring import VisionSelectorScorer
 
 logger = logging.get_logger(__name__)
 
 PAPER_URL = "https://arxiv.org/abs/2510.16598"
-DEFAULT_TAGS = ("visionselector", "visual-token-pruning", "qwen2_5_vl")
+DEFAULT_TAGS = ("visionselector", "visual-token-pruning")
 ResultsType = Sequence[Mapping[str, object]] | str | os.PathLike | None
 
 
 # ---------------------------------------------------------------------------------------------------- saving
 
 
-def scorer_state_dict(model: VisionSelectorForConditionalGeneration) -> dict[str, torch.Tensor]:
+def scorer_state_dict(model: VisionSelectorMixin) -> dict[str, torch.Tensor]:
     """The scorer's tensors, named as in `model.state_dict()` (`scorer.q_proj.weight`, ...), on CPU."""
     return {
         name: tensor.detach().to("cpu").contiguous()
@@ -62,8 +66,8 @@ def scorer_state_dict(model: VisionSelectorForConditionalGeneration) -> dict[str
 
 
 def scorer_only_config(
-    config: VisionSelectorConfig, base_model_name_or_path: str | None = None, base_model_revision: str | None = None
-) -> VisionSelectorConfig:
+    config: VisionSelectorFields, base_model_name_or_path: str | None = None, base_model_revision: str | None = None
+) -> VisionSelectorFields:
     """A copy of `config` that describes a scorer-only artifact of the backbone `base_model_name_or_path`."""
     config = copy.deepcopy(config)
     config.base_model_name_or_path = base_model_name_or_path or config.base_model_name_or_path
@@ -73,14 +77,16 @@ def scorer_only_config(
             "A scorer-only artifact needs the backbone it was trained on: pass `base_model_name_or_path` (a Hub id "
             "such as 'Qwen/Qwen2.5-VL-7B-Instruct'), or build the model with `from_backbone(<id>)`."
         )
+    if os.path.isdir(config.base_model_name_or_path):  # a local backbone: found from any directory
+        config.base_model_name_or_path = os.path.abspath(config.base_model_name_or_path)
     config.scorer_only = True
-    config.auto_map = dict(AUTO_MAP)  # the code ships with the artifact: plain `module.Class` references
-    config.architectures = [VisionSelectorForConditionalGeneration.__name__]
+    config.auto_map = type(config).default_auto_map()  # the code ships with the artifact: `module.Class` references
+    config.architectures = [type(config).model_class_name]
     return config
 
 
 def save_scorer(
-    model: VisionSelectorForConditionalGeneration,
+    model: VisionSelectorMixin,
     save_directory: str | os.PathLike,
     *,
     processor=None,
@@ -94,7 +100,7 @@ def save_scorer(
     """Writes the scorer-only artifact of `model` to `save_directory` (see the module docstring).
 
     Args:
-        model ([`VisionSelectorForConditionalGeneration`]): the model whose scorer is published.
+        model (a VisionSelector model of any family): the model whose scorer is published.
         save_directory (`str` or `os.PathLike`): the folder to write; created if needed.
         processor (*optional*): a processor to save beside the scorer (recommended: users load it from the same repo).
         base_model_name_or_path (`str`, *optional*, defaults to `model.config.base_model_name_or_path`):
@@ -146,7 +152,7 @@ def _write_scorer_artifact(
 
 
 def scorer_model_card(
-    config: VisionSelectorConfig,
+    config: VisionSelectorFields,
     *,
     repo_id: str,
     scorer_bytes: int | None = None,
@@ -163,7 +169,7 @@ def scorer_model_card(
         library_name="transformers",
         pipeline_tag="image-text-to-text",
         license=license,
-        tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])),
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, config.model_type.removeprefix("visionselector_"), *tags])),
     )
     d, h = config.text_config.hidden_size, config.scorer_hidden_size
     num_parameters = 2 * (d * h + h)
@@ -246,7 +252,7 @@ def _cell(value) -> str:
 
 
 def push_scorer_to_hub(
-    model: VisionSelectorForConditionalGeneration | str | os.PathLike,
+    model: VisionSelectorMixin | str | os.PathLike,
     repo_id: str,
     *,
     private: bool | None = None,
@@ -260,7 +266,7 @@ def push_scorer_to_hub(
     """Uploads the scorer-only artifact of `model` to the Hub repo `repo_id`, in one commit.
 
     Args:
-        model ([`VisionSelectorForConditionalGeneration`], `str` or `os.PathLike`): a model, or a full checkpoint
+        model (a VisionSelector model, `str` or `os.PathLike`): a model, or a full checkpoint
             (ours or the paper's) whose scorer is read from its files (see `convert_checkpoint_to_scorer`).
         repo_id (`str`): the model repo; created if it does not exist.
         private (`bool`, *optional*): visibility of a repo that is created (an existing repo keeps its own).
@@ -284,7 +290,7 @@ def push_scorer_to_hub(
             convert_checkpoint_to_scorer(model, folder, repo_id=repo_id, **save_kwargs)
         else:  # a model, possibly of the remote-code copy of the class
             save_scorer(model, folder, repo_id=repo_id, **save_kwargs)
-        base = VisionSelectorConfig.get_config_dict(folder)[0]["base_model_name_or_path"]
+        base = PreTrainedConfig.get_config_dict(folder)[0]["base_model_name_or_path"]
         if Path(base).is_dir():
             warnings.warn(
                 f"The scorer pushed to {repo_id} points at the local folder {base!r} for its backbone, which nobody "
@@ -365,19 +371,22 @@ def convert_checkpoint_to_scorer(
         results, license, tags, repo_id: as in [`save_scorer`].
         **hub_kwargs: `revision`, `token`, `cache_dir`, `local_files_only`, ... for reading `checkpoint`.
     """
-    config = VisionSelectorConfig.from_pretrained(checkpoint, **hub_kwargs)
+    model_type = PreTrainedConfig.get_config_dict(checkpoint, **hub_kwargs)[0].get("model_type")
+    model_class = visionselector_class_for(model_type, f"The checkpoint {checkpoint}")
+    config = model_class.config_class.from_pretrained(checkpoint, **hub_kwargs)
     config = scorer_only_config(config, base_model_name_or_path, base_model_revision)
     tensors = read_checkpoint_scorer(checkpoint, **hub_kwargs)
     check_scorer_tensors(tensors, config, source=f"The checkpoint {checkpoint}")
     if isinstance(processor, str) and processor == "checkpoint":
         from transformers import AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(checkpoint, **hub_kwargs)
+        # the processor is the stock one: the checkpoint's auto_map names only the model's remote code
+        processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=False, **hub_kwargs)
     return _write_scorer_artifact(
         save_directory,
         config,
         tensors,
-        VisionSelectorForConditionalGeneration,
+        model_class,
         processor,
         results,
         license,

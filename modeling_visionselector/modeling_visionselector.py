@@ -1,34 +1,58 @@
-"""VisionSelector for Qwen2.5-VL: a learned scorer keeps the most useful merged visual tokens before the LLM.
+"""VisionSelector for the Qwen-VL family: a learned scorer keeps the most useful merged visual tokens before the LLM.
 
-The stock `Qwen2_5_VLForConditionalGeneration` is subclassed, not patched: the vision encoder and the language
-model are the stock modules. What changes is the sequence the language model sees. In inference the dropped
-visual tokens are removed from the sequence (with their placeholders in `input_ids`, the attention mask and the
-rotary positions), so the prefill runs on a shorter sequence and the kept tokens keep their original 3D positions.
-In training nothing is removed: every visual token is scaled by a differentiable top-k mask of its score.
+Each family's stock `*ForConditionalGeneration` is subclassed, not patched: the vision encoder and the language
+model are the stock modules. What changes is the sequence the language model sees. In inference the dropped visual
+tokens are removed from the sequence (with their placeholders in `input_ids`, the attention mask, the rotary
+positions and, for Qwen3-VL, the deepstack features), so the prefill runs on a shorter sequence and the kept tokens
+keep their original 3D positions. In training nothing is removed: every visual token is scaled by a differentiable
+top-k mask of its score. The pruning is written once, in `VisionSelectorMixin`; the family classes only name their
+stock class and configuration:
+
+| class | stock class |
+| --- | --- |
+| `VisionSelectorQwen2VLForConditionalGeneration` | `Qwen2VLForConditionalGeneration` |
+| `VisionSelectorForConditionalGeneration` | `Qwen2_5_VLForConditionalGeneration` |
+| `VisionSelectorQwen3VLForConditionalGeneration` | `Qwen3VLForConditionalGeneration` |
+| `VisionSelectorQwen3VLMoeForConditionalGeneration` | `Qwen3VLMoeForConditionalGeneration` |
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import os
 from dataclasses import dataclass
 
 import torch
+from packaging import version
 from safetensors.torch import load_file
-from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeForConditionalGeneration,
+)
 from transformers import initialization as init
-from transformers.cache_utils import Cache
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
 )
 from transformers.core_model_loading import WeightRenaming
-from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.generation.streamers import BaseStreamer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.utils import ModelOutput, can_return_tuple, cached_file, logging
 
-from .compression import batch_padding_side, compress_batch, placeholder_keep_mask
-from .configuration_visionselector import VisionSelectorConfig
-from .selectors import get_selector
+from .pruning import batch_padding_side, placeholder_keep_mask, prune_batch
+from .configuration_visionselector import (
+    TRANSFORMERS_VERSION,
+    VisionSelectorConfig,
+    VisionSelectorFields,
+    VisionSelectorQwen2VLConfig,
+    VisionSelectorQwen3VLConfig,
+    VisionSelectorQwen3VLMoeConfig,
+)
 from .scoring import (
     VisionSelectorScorer,
     differentiable_topk,
@@ -36,27 +60,18 @@ from .scoring import (
     num_kept_tokens,
     validate_retention_ratio,
 )
+from .selectors import get_selector
 
 logger = logging.get_logger(__name__)
-
-# A remote-code class is not under `transformers.`, so the checkpoint renaming rules of Qwen2.5-VL (on disk:
-# `visual.*`, `model.layers.*`; in memory: `model.visual.*`, `model.language_model.*`) must be registered for it
-# by name, or a stock checkpoint would load with the language model left at random.
-# The paper's released checkpoints (transformers 4.5x) keep the scorer in the vision tower, at
-# `visual.importance_scorer.*`; that rule comes first, or `^visual` -> `model.visual` would take it. On save the
-# rules are reversed and a reversed rule renames to its first source: `^scorer` is listed first so that our own
-# checkpoints always keep the scorer at `scorer.*`, however the model was built or loaded.
-register_checkpoint_conversion_mapping(
-    "VisionSelectorForConditionalGeneration",
-    [WeightRenaming(source_patterns=["^scorer", "^visual.importance_scorer"], target_patterns="scorer")]
-    + get_checkpoint_conversion_mapping("Qwen2_5_VLForConditionalGeneration"),
-    overwrite=True,
-)
 
 # A scorer-only artifact (see `hub_utils.save_scorer`): its scorer tensors, named as in `state_dict()`.
 SCORER_WEIGHTS_NAME = "scorer.safetensors"
 # The `from_pretrained` arguments that say where the artifact's files are.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+# The names `generate` has used for the cache: `past_key_values`, and `cache` from transformers 5.24 on.
+_CACHE_KWARGS = ("cache", "past_key_values")
+# The first transformers whose chunked prefill of Qwen-VL prompts with images equals the whole prefill.
+_CHUNKED_MULTIMODAL_PREFILL = version.Version("5.23.0")
 
 
 @dataclass
@@ -69,65 +84,115 @@ class VisualTokenSelection(ModelOutput):
         scores (`list[torch.FloatTensor]`): the score of every merged token of each item.
         features (`list[torch.FloatTensor]`): each item's merged tokens, `(n_i, hidden_size)`.
         num_images (`int`): how many of the items are images; the rest are videos.
+        deepstack_features (`list[list[torch.FloatTensor]]`, *optional*): Qwen3-VL only: per item, the features
+            the vision encoder hands to early decoder layers, one `(n_i, hidden_size)` tensor per deepstack layer.
     """
 
     kept_indices: list[torch.LongTensor] | None = None
     scores: list[torch.FloatTensor] | None = None
     features: list[torch.FloatTensor] | None = None
     num_images: int | None = None
+    deepstack_features: list[list[torch.FloatTensor]] | None = None
 
 
 @dataclass
-class VisionSelectorCausalLMOutputWithPast(CausalLMOutputWithPast):
+class VisionSelectorOutput(ModelOutput):
     """
-    [`CausalLMOutputWithPast`] plus what the selection did.
+    What the selection did. `forward` returns the stock model's own output class (which differs between
+    transformers releases) extended with these fields.
 
     Args:
-        attention_mask (`torch.LongTensor` of shape `(batch_size, compressed_length)`, *optional*):
-            In eval mode, the mask of the compressed sequence the logits belong to.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, pruned_length)`, *optional*):
+            In eval mode, the mask of the pruned sequence the logits belong to.
+        labels (`torch.LongTensor` of shape `(batch_size, pruned_length)`, *optional*):
+            In eval mode with `labels`, the labels of the pruned sequence, aligned with the logits.
         kept_indices (`list[torch.LongTensor]`, *optional*): see [`VisualTokenSelection`].
         soft_mask (`torch.FloatTensor` of shape `(num_visual_tokens,)`, *optional*):
             In training, the differentiable top-k mask that scaled every merged visual token.
         hard_mask (`torch.FloatTensor` of shape `(num_visual_tokens,)`, *optional*):
             In training, the hard top-k mask of the same scores (the inference selection).
-        labels (`torch.LongTensor` of shape `(batch_size, compressed_length)`, *optional*):
-            In eval mode with `labels`, the labels of the compressed sequence, aligned with `logits`.
+        scores (`torch.FloatTensor` of shape `(num_visual_tokens,)`, *optional*):
+            In training, the scores of every merged visual token, item after item.
+        item_lengths (`list[int]`, *optional*): In training, the number of merged tokens of each item.
     """
 
     attention_mask: torch.LongTensor | None = None
+    labels: torch.LongTensor | None = None
     kept_indices: list[torch.LongTensor] | None = None
     soft_mask: torch.FloatTensor | None = None
     hard_mask: torch.FloatTensor | None = None
-    labels: torch.LongTensor | None = None
+    scores: torch.FloatTensor | None = None
+    item_lengths: list[int] | None = None
+
+
+_OUTPUT_CLASSES: dict[type, type] = {}
+
+
+def with_selection_fields(outputs: ModelOutput, **fields) -> ModelOutput:
+    """`outputs` as an instance of a subclass of its own class that also has the [`VisionSelectorOutput`] fields."""
+    base = type(outputs)
+    if base not in _OUTPUT_CLASSES:
+        name = f"VisionSelector{base.__name__}"
+        _OUTPUT_CLASSES[base] = dataclass(type(name, (VisionSelectorOutput, base), {"__module__": __name__}))
+    return _OUTPUT_CLASSES[base](**outputs, **fields)
 
 
 @dataclass
-class _PrunedInputs:
-    input_ids: torch.LongTensor  # (B, L')
-    attention_mask: torch.LongTensor  # (B, L')
-    position_ids: torch.LongTensor  # (3, B, L'), the original rotary positions of the kept tokens
-    rope_deltas: torch.LongTensor  # (B, 1)
+class PrunedInputs:
+    """
+    A batch with the dropped visual tokens removed: what the stock language model runs on.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `(B, L')`)
+        attention_mask (`torch.LongTensor` of shape `(B, L')`)
+        position_ids (`torch.LongTensor` of shape `(3, B, L')`): the original 3D rotary positions of the kept tokens.
+        rope_deltas (`torch.LongTensor` of shape `(B, 1)`): next text position minus the pruned row length.
+        labels (`torch.LongTensor` of shape `(B, L')`, *optional*): the labels of the kept tokens.
+        mm_encoder_outputs (`dict[str, ModelOutput]`): the kept features of the images and of the videos, in the
+            form the stock forward takes.
+        original_length (`int`): L, the length before pruning.
+    """
+
+    input_ids: torch.LongTensor
+    attention_mask: torch.LongTensor
+    position_ids: torch.LongTensor
+    rope_deltas: torch.LongTensor
     labels: torch.LongTensor | None
-    mm_encoder_outputs: dict[str, BaseModelOutputWithPooling]
+    mm_encoder_outputs: dict[str, ModelOutput]
     original_length: int
 
 
-class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
-    """Qwen2.5-VL with a Learnable Importance Scorer that prunes merged visual tokens before the language model.
+class _CallerPromptStreamer(BaseStreamer):
+    """Hands a streamer the caller's prompt in place of the pruned prompt that `generate` puts first."""
 
-    The scorer lives under the `scorer.` prefix; everything else is the stock model, loaded from and saved to the
-    stock checkpoint layout.
+    def __init__(self, streamer: BaseStreamer, prompt: torch.LongTensor):
+        self.streamer, self.prompt = streamer, prompt
+
+    def put(self, value):
+        if self.prompt is not None:
+            value, self.prompt = self.prompt.to(value.device), None
+        self.streamer.put(value)
+
+    def end(self):
+        self.streamer.end()
+
+
+class VisionSelectorMixin:
+    """The VisionSelector part of a Qwen-VL model: scorer, selection, pruned forward and generate, loading.
+
+    Placed before the stock class in the bases, so `super()` is the stock model. Everything family-specific
+    comes from the stock model itself (its `get_rope_index`, its encoder outputs, its checkpoint layout).
     """
 
-    config: VisionSelectorConfig
-    config_class = VisionSelectorConfig
+    config: VisionSelectorFields
+    stock_class: type = None  # the stock class of the family, set by each VisionSelector class
 
-    def __init__(self, config: VisionSelectorConfig):
+    def __init__(self, config):
         super().__init__(config)
         self.scorer = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
         self.post_init()
         if config.scorer_only:  # the backbone checkpoint has no scorer; `from_pretrained` loads it from the artifact
-            self._keys_to_ignore_on_load_missing.add(r"^scorer\.")
+            self._keys_to_ignore_on_load_missing = {*(self._keys_to_ignore_on_load_missing or ()), r"^scorer\."}
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -148,38 +213,44 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         device_map=None,
         attn_implementation: str | None = None,
         **config_overrides,
-    ) -> "VisionSelectorForConditionalGeneration":
-        """A VisionSelector around a stock Qwen2.5-VL, with the backbone's weights and a fresh scorer.
+    ):
+        """A VisionSelector around a stock Qwen-VL model, with the backbone's weights and a fresh scorer.
+
+        Whatever class it is called on, it returns the VisionSelector class of the backbone's family (Qwen2-VL,
+        Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE).
 
         Args:
-            model_or_path (`Qwen2_5_VLForConditionalGeneration` or `str`): a loaded backbone, whose tensors the
-                new model shares (no copy), or a Hub id / folder of a stock Qwen2.5-VL checkpoint.
+            model_or_path (stock `*ForConditionalGeneration` or `str`): a loaded backbone, whose tensors the new
+                model shares (no copy), or a Hub id / folder of a stock checkpoint.
             revision, dtype, device_map, attn_implementation: passed to `from_pretrained` for a path.
-            **config_overrides: fields of [`VisionSelectorConfig`] (e.g. `retention_ratio=0.3`).
+            **config_overrides: VisionSelector configuration fields (e.g. `retention_ratio=0.3`).
         """
-        if isinstance(model_or_path, Qwen2_5_VLForConditionalGeneration):
-            return cls._wrap_backbone(model_or_path, **config_overrides)
+        for selector_class in VISIONSELECTOR_CLASSES.values():
+            if isinstance(model_or_path, selector_class.stock_class) and not isinstance(model_or_path, VisionSelectorMixin):
+                return selector_class._wrap_backbone(model_or_path, **config_overrides)
         if not isinstance(model_or_path, (str, bytes)) and not hasattr(model_or_path, "__fspath__"):
+            accepted = ", ".join(c.stock_class.__name__ for c in VISIONSELECTOR_CLASSES.values())
             raise ValueError(
-                "`model_or_path` must be a Qwen2_5_VLForConditionalGeneration or a Hub id / folder of one, got "
+                f"`model_or_path` must be a stock {accepted}, or a Hub id / folder of one, got "
                 f"{type(model_or_path).__name__}."
             )
         from transformers import AutoConfig
 
         path = str(model_or_path)
         backbone_config = AutoConfig.from_pretrained(path, revision=revision)
+        selector_class = visionselector_class_for(backbone_config.model_type, path)
         config_overrides.setdefault("base_model_name_or_path", path)
         config_overrides.setdefault("base_model_revision", revision)
-        config = VisionSelectorConfig.from_backbone_config(backbone_config, **config_overrides)
+        config = selector_class.config_class.from_backbone_config(backbone_config, **config_overrides)
         loading = {"dtype": dtype, "device_map": device_map, "attn_implementation": attn_implementation}
-        return cls.from_pretrained(
+        return selector_class.from_pretrained(
             path, config=config, revision=revision, **{k: v for k, v in loading.items() if v is not None}
         )
 
     @classmethod
     def _wrap_backbone(cls, backbone, **config_overrides):
         config_overrides.setdefault("base_model_name_or_path", backbone.config.name_or_path or None)
-        config = VisionSelectorConfig.from_backbone_config(backbone.config, **config_overrides)
+        config = cls.config_class.from_backbone_config(backbone.config, **config_overrides)
         config._attn_implementation = backbone.config._attn_implementation
         with torch.device("meta"):
             model = cls(config)
@@ -188,8 +259,8 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         scorer_keys = {f"scorer.{name}" for name, _ in model.scorer.named_parameters()}
         if set(result.missing_keys) != scorer_keys or result.unexpected_keys:
             raise ValueError(
-                f"The backbone does not match a Qwen2.5-VL of its config: missing {sorted(set(result.missing_keys) - scorer_keys)}, "
-                f"unexpected {sorted(result.unexpected_keys)}."
+                f"The backbone does not match a {cls.stock_class.__name__} of its config: missing "
+                f"{sorted(set(result.missing_keys) - scorer_keys)}, unexpected {sorted(result.unexpected_keys)}."
             )
         for name, buffer in backbone.named_buffers():
             module_name, _, buffer_name = name.rpartition(".")
@@ -198,7 +269,7 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         model.scorer.to_empty(device=parameter.device).to(parameter.dtype)
         model._init_weights(model.scorer)
         if config.tie_word_embeddings:
-            model.lm_head.weight = model.model.language_model.embed_tokens.weight
+            model.lm_head.weight = model.get_input_embeddings().weight
         model.generation_config = copy.deepcopy(backbone.generation_config)
         return model.train(backbone.training)
 
@@ -218,7 +289,7 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         if not isinstance(config, PreTrainedConfig):
             stored, _ = cls.config_class.get_config_dict(config or pretrained_model_name_or_path, **hub_kwargs)
             if not stored.get("scorer_only", False):
-                return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+                return cls._from_full_checkpoint(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
             # As `PreTrainedModel.from_pretrained` does: keyword arguments that are config fields update the config.
             loading = {name: kwargs.pop(name) for name in ("dtype", "torch_dtype", "quantization_config") if name in kwargs}
             config, kwargs = cls.config_class.from_pretrained(
@@ -226,7 +297,7 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
             )
             kwargs.update(loading)
         elif not getattr(config, "scorer_only", False):
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            return cls._from_full_checkpoint(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
         scorer_file = cached_file(
             pretrained_model_name_or_path, SCORER_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
@@ -240,17 +311,50 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
             name: value for name, value in {**kwargs, **hub_kwargs}.items() if name not in ("revision", "subfolder")
         }
         output_loading_info = backbone_kwargs.pop("output_loading_info", False)
-        model, loading_info = super().from_pretrained(
-            config.base_model_name_or_path,
-            *model_args,
-            config=config,
-            revision=config.base_model_revision or "main",
-            output_loading_info=True,
-            **backbone_kwargs,
-        )
+        base = config.base_model_name_or_path
+        source = f"the backbone {base!r} of the scorer-only artifact {pretrained_model_name_or_path}"
+        if _looks_like_a_path(base) and not os.path.isdir(base):
+            raise ValueError(
+                f"Cannot load {source} (its config's `base_model_name_or_path`): not a folder on this machine. Pass "
+                "`base_model_name_or_path=<folder or Hub id>` to `from_pretrained`, or fix it in the artifact's config."
+            )
+        try:
+            model, loading_info = super().from_pretrained(
+                base,
+                *model_args,
+                config=config,
+                revision=config.base_model_revision or "main",
+                output_loading_info=True,
+                **backbone_kwargs,
+            )
+        except OSError as error:
+            raise OSError(f"Cannot load {source} (its config's `base_model_name_or_path`): {error}") from error
         model.load_scorer(scorer_file)
         model.config.scorer_only = False  # the model is whole now; `save_pretrained` writes a full checkpoint
         model.config.name_or_path = str(pretrained_model_name_or_path)
+        return (model, loading_info) if output_loading_info else model
+
+    @classmethod
+    def _from_full_checkpoint(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """The stock loading of a full checkpoint, with a clear `ValueError` for a scorer of another width."""
+        if kwargs.get("ignore_mismatched_sizes"):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+        )
+        mismatched = sorted(loading_info["mismatched_keys"], key=str)
+        described = "; ".join(f"{name}: {tuple(given)} given, {tuple(expected)} expected" for name, given, expected in mismatched)
+        if any(name.startswith("scorer.") for name, *_ in mismatched):
+            raise ValueError(
+                f"The checkpoint {pretrained_model_name_or_path} does not fit its configuration (text hidden size "
+                f"{model.config.text_config.hidden_size}, scorer_hidden_size {model.config.scorer_hidden_size}): {described}."
+            )
+        if mismatched:  # what the stock loading raises, since the caller did not ask to ignore mismatched sizes
+            raise RuntimeError(
+                f"The checkpoint {pretrained_model_name_or_path} has tensors of other shapes than the model: {described}. "
+                "Pass `ignore_mismatched_sizes=True` to load it with those tensors freshly initialised."
+            )
         return (model, loading_info) if output_loading_info else model
 
     def load_scorer(self, weights: str | dict[str, torch.Tensor], source: str | None = None) -> None:
@@ -267,9 +371,9 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
 
     # ------------------------------------------------------------------ selection
 
-    def _visual_features(self, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw):
-        """Merged tokens of every image, then every video, as a list of `(n_i, hidden_size)` tensors."""
-        features = []
+    def _encode_visual_items(self, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw):
+        """Merged tokens of every image, then every video (`(n_i, D)` each), and their deepstack features, if any."""
+        features, deepstack = [], []
         for kind, pixels, grid, encode in (
             ("image", pixel_values, image_grid_thw, self.model.get_image_features),
             ("video", pixel_values_videos, video_grid_thw, self.model.get_video_features),
@@ -284,26 +388,18 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
                     f"`{kind}_grid_thw` {grid.tolist()} describes {patches} patches, but the {kind} pixels hold "
                     f"{pixels.shape[0]} (shape {tuple(pixels.shape)}); pass the processor's pixels with their own grid."
                 )
-            features.extend(encode(pixels, grid).pooler_output)
-        return features
+            encoded = encode(pixels, grid, return_dict=True)
+            items = list(encoded.pooler_output)
+            features += items
+            layers = getattr(encoded, "deepstack_features", None)  # Qwen3-VL: (layers, items) -> (items, layers)
+            deepstack += [list(per_item) for per_item in zip(*layers)] if layers is not None else [None] * len(items)
+        return features, (deepstack if any(item is not None for item in deepstack) else None)
 
     def _merged_grids(self, image_grid_thw, video_grid_thw, num_images: int) -> list[tuple[int, int, int]]:
         merge = self.config.vision_config.spatial_merge_size
         grids = image_grid_thw.tolist() if num_images else []
         grids += video_grid_thw.tolist() if video_grid_thw is not None else []
         return [(t, h // merge, w // merge) for t, h, w in grids]
-
-    def _select(self, features: list[torch.Tensor], retention_ratio: float, selector: str = "learned", grids=None):
-        """Scores of all tokens `(N,)`, item lengths, and the kept indices of each item under `selector`."""
-        choose = get_selector(selector)
-        lengths = [item.shape[0] for item in features]
-        scores = self.scorer(torch.cat(features), lengths)
-        grids = grids if grids is not None else [(1, 1, n) for n in lengths]
-        kept = [
-            choose(item, item_scores, num_kept_tokens(item.shape[0], retention_ratio), grid)
-            for item, item_scores, grid in zip(features, torch.split(scores, lengths), grids)
-        ]
-        return scores, lengths, kept
 
     def select_visual_tokens(
         self,
@@ -327,18 +423,23 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
 
         Returns:
             [`VisualTokenSelection`]: one entry per image, then per video; item i keeps
-            `max(1, int(retention_ratio * n_i))` of its n_i merged tokens.
+            `max(1, floor(retention_ratio * n_i))` of its n_i merged tokens.
         """
         ratio = self._resolve_ratio(retention_ratio)
-        get_selector(selector)
-        features = self._visual_features(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+        choose = get_selector(selector)
+        features, deepstack = self._encode_visual_items(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
         if not features:
             raise ValueError("`select_visual_tokens` needs `pixel_values` or `pixel_values_videos`.")
         num_images = 0 if pixel_values is None else image_grid_thw.shape[0]
         grids = self._merged_grids(image_grid_thw, video_grid_thw if pixel_values_videos is not None else None, num_images)
-        scores, lengths, kept = self._select(features, ratio, selector, grids)
+        lengths = [item.shape[0] for item in features]
+        scores = list(torch.split(self.scorer(torch.cat(features), lengths), lengths))
+        kept = [
+            choose(item, item_scores, num_kept_tokens(item.shape[0], ratio), grid)
+            for item, item_scores, grid in zip(features, scores, grids)
+        ]
         return VisualTokenSelection(
-            kept_indices=kept, scores=list(torch.split(scores, lengths)), features=features, num_images=num_images
+            kept_indices=kept, scores=scores, features=features, num_images=num_images, deepstack_features=deepstack
         )
 
     def _resolve_ratio(self, retention_ratio) -> float:
@@ -351,19 +452,48 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
             return mm_token_type_ids
         return (input_ids == self.config.image_token_id).long() + 2 * (input_ids == self.config.video_token_id).long()
 
-    def _prune(
+    def _encoder_outputs(self, features, deepstack, num_images: int) -> dict[str, ModelOutput]:
+        """`mm_encoder_outputs` for the stock forward: the given per-item features of the images and of the videos."""
+        outputs = {}
+        for kind, items in (("image", slice(0, num_images)), ("video", slice(num_images, None))):
+            if not features[items]:
+                continue
+            fields = {"pooler_output": tuple(features[items])}
+            if deepstack is not None:  # back to the stock layout: per layer, one tensor per item
+                fields["deepstack_features"] = [tuple(layer) for layer in zip(*deepstack[items])]
+            # The stock forward reads only these attributes, in every family.
+            encoder_output = BaseModelOutputWithPooling if deepstack is None else BaseModelOutputWithDeepstackFeatures
+            outputs[kind] = encoder_output(**fields)
+        return outputs
+
+    def prune_inputs(
         self,
         selection: VisualTokenSelection,
+        *,
         input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None,
-        position_ids: torch.LongTensor | None,
-        mm_token_type_ids: torch.IntTensor | None,
-        labels: torch.LongTensor | None,
-        image_grid_thw: torch.LongTensor | None,
-        video_grid_thw: torch.LongTensor | None,
-        second_per_grid_ts: torch.Tensor | None,
-    ) -> _PrunedInputs:
-        """Removes the dropped visual tokens from a (padded) batch, keeping every other token's position."""
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        padding_side: str | None = None,
+    ) -> PrunedInputs:
+        """Removes the visual tokens `selection` drops from a (padded) batch, keeping every other token's position.
+
+        Args:
+            selection ([`VisualTokenSelection`]): what `select_visual_tokens` returned for this batch's pixels.
+            input_ids (`torch.LongTensor` of shape `(B, L)`), attention_mask (`(B, L)`, *optional*), labels
+                (`(B, L)`, *optional*), mm_token_type_ids (`(B, L)`, *optional*), image_grid_thw, video_grid_thw,
+                second_per_grid_ts (Qwen2.5-VL): as the processor gives them.
+            position_ids (`torch.LongTensor` of shape `(3, B, L)` or `(4, B, L)`, *optional*): the full sequence's
+                rotary positions; by default the stock `get_rope_index`.
+            padding_side (`str`, *optional*): "left" or "right" for the pruned rows; by default the batch's own side.
+
+        Returns:
+            [`PrunedInputs`]
+        """
         num_images = selection.num_images
         groups = {
             "image": (self.config.image_token_id, slice(0, num_images)),
@@ -375,13 +505,14 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
             keep &= placeholder_keep_mask(input_ids, token_id, lengths, selection.kept_indices[items])
 
         if position_ids is None:
+            rope_kwargs = {} if second_per_grid_ts is None else {"second_per_grid_ts": second_per_grid_ts}
             position_ids, _ = self.model.get_rope_index(
                 input_ids,
                 mm_token_type_ids=self._mm_token_type_ids(input_ids, mm_token_type_ids),
                 image_grid_thw=image_grid_thw if num_images else None,
                 video_grid_thw=video_grid_thw if len(selection.features) > num_images else None,
-                second_per_grid_ts=second_per_grid_ts,
                 attention_mask=attention_mask,
+                **rope_kwargs,
             )
         elif position_ids.ndim == 3 and position_ids.shape[0] == 4:
             position_ids = position_ids[1:]  # the text row is rebuilt by `generate` for the shorter sequence
@@ -396,38 +527,31 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         pad_values = {"input_ids": 0 if pad_token_id is None else pad_token_id, "position_ids": 0, "labels": -100}
         if labels is not None:
             sequences["labels"] = labels
-        new_mask, gathered = compress_batch(
-            keep, attention_mask, sequences, pad_values, batch_padding_side(attention_mask)
+        new_mask, gathered = prune_batch(
+            keep, attention_mask, sequences, pad_values, padding_side or batch_padding_side(attention_mask)
         )
         positions = gathered["position_ids"]
-        # Next text position after the prompt is max + 1, as in the stock model; generate adds it to a 0-based count.
-        rope_deltas = positions.masked_fill(new_mask[None] == 0, 0).amax(dim=(0, 2)) + 1 - new_mask.sum(1)
+        # Generation continues after the largest position of the caller's whole prompt, as in the stock model (a
+        # dropped video token can hold it: a late frame's time position can pass the text after the video).
+        # `generate` adds the deltas to a 0-based count of the pruned row.
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        rope_deltas = position_ids.masked_fill(~real[None], 0).amax(dim=(0, 2)) + 1 - new_mask.sum(1)
 
-        mm_encoder_outputs = {}
-        for kind, (_, items) in groups.items():
-            kept = [item[index] for item, index in zip(selection.features[items], selection.kept_indices[items])]
-            if kept:
-                mm_encoder_outputs[kind] = BaseModelOutputWithPooling(pooler_output=tuple(kept))
-        return _PrunedInputs(
+        def kept(values):
+            return [item[index] for item, index in zip(values, selection.kept_indices)]
+
+        deepstack = selection.deepstack_features
+        if deepstack is not None:
+            deepstack = [[layer[index] for layer in item] for item, index in zip(deepstack, selection.kept_indices)]
+        return PrunedInputs(
             input_ids=gathered["input_ids"],
             attention_mask=new_mask,
             position_ids=positions,
             rope_deltas=rope_deltas[:, None],
             labels=gathered.get("labels"),
-            mm_encoder_outputs=mm_encoder_outputs,
+            mm_encoder_outputs=self._encoder_outputs(kept(selection.features), deepstack, num_images),
             original_length=input_ids.shape[1],
         )
-
-    def _soft_masked_features(self, features: list[torch.Tensor], retention_ratio: float):
-        """Training: scales every merged token by its differentiable top-k mask value (nothing is dropped)."""
-        lengths = [item.shape[0] for item in features]
-        scores = self.scorer(torch.cat(features), lengths)
-        k = [num_kept_tokens(n, retention_ratio) for n in lengths]
-        soft_mask = differentiable_topk(scores, lengths, k)  # (N,)
-        hard_mask = hard_topk_mask(scores.detach(), lengths, retention_ratio)  # (N,)
-        flat = torch.cat(features)
-        masked = flat * soft_mask[:, None].to(flat.dtype)  # (N, D)
-        return list(torch.split(masked, lengths)), soft_mask, hard_mask
 
     # ------------------------------------------------------------------ forward
 
@@ -437,24 +561,20 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
         pixel_values: torch.Tensor | None = None,
         pixel_values_videos: torch.FloatTensor | None = None,
         image_grid_thw: torch.LongTensor | None = None,
         video_grid_thw: torch.LongTensor | None = None,
         mm_token_type_ids: torch.IntTensor | None = None,
-        second_per_grid_ts: torch.Tensor | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        mm_encoder_outputs: dict[str, ModelOutput] | None = None,
         retention_ratio: float | None = None,
         selector: str = "learned",
         **kwargs,
-    ) -> VisionSelectorCausalLMOutputWithPast | CausalLMOutputWithPast:
+    ):
         r"""
-        Arguments are those of [`Qwen2_5_VLForConditionalGeneration.forward`], plus:
+        Arguments are those of the stock forward (the cache, `use_cache`, `logits_to_keep`, `second_per_grid_ts`, ...
+        pass through `kwargs` under whatever name the installed transformers uses), plus:
 
         retention_ratio (`float`, *optional*):
             Share of each image's/video's merged tokens to keep, in (0, 1]. Defaults to `config.retention_ratio`
@@ -465,176 +585,171 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         With raw `pixel_values` / `pixel_values_videos`:
 
         - **eval mode**: the dropped visual tokens are removed before the language model. The returned `logits`
-          are those of the *compressed* sequence, `(batch_size, compressed_length, vocab_size)`; its attention
-          mask is `outputs.attention_mask` and the selection `outputs.kept_indices`. `labels` of shape
-          `(batch_size, sequence_length)` are compressed the same way before the loss.
-        - **training mode**: nothing is removed; every merged visual token is multiplied by its differentiable
-          top-k mask value, so gradients reach the scorer. `outputs.soft_mask` and `outputs.hard_mask` give the
-          soft and hard masks over all merged tokens (for the curriculum loss).
+          are those of the *pruned* sequence, `(batch_size, pruned_length, vocab_size)`; its attention mask is
+          `outputs.attention_mask`, the selection `outputs.kept_indices`. `labels` of shape
+          `(batch_size, sequence_length)` are pruned the same way before the loss and returned as `outputs.labels`.
+        - **training mode**: nothing is removed; every merged visual token (and its deepstack features) is multiplied
+          by its differentiable top-k mask value, so gradients reach the scorer. `outputs.soft_mask`,
+          `outputs.hard_mask` and `outputs.scores` cover all merged tokens (for the curriculum loss).
 
         Without raw pixels (text only, or features already in `mm_encoder_outputs`, as in the decoding steps of
         `generate`), this is exactly the stock forward.
+
+        Returns:
+            The stock forward's output class extended with the fields of [`VisionSelectorOutput`].
         """
+        stock_inputs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            mm_token_type_ids=mm_token_type_ids,
+            **kwargs,
+        )
         has_pixels = pixel_values is not None or pixel_values_videos is not None
         if not has_pixels:
             if retention_ratio is not None:
                 self._resolve_ratio(retention_ratio)
             get_selector(selector)
-            return super().forward(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds,
-                labels=labels,
-                use_cache=use_cache,
-                image_grid_thw=image_grid_thw,
-                video_grid_thw=video_grid_thw,
-                mm_token_type_ids=mm_token_type_ids,
-                second_per_grid_ts=second_per_grid_ts,
-                logits_to_keep=logits_to_keep,
-                mm_encoder_outputs=mm_encoder_outputs,
-                **kwargs,
-            )
+            return super().forward(mm_encoder_outputs=mm_encoder_outputs, **stock_inputs)
         if mm_encoder_outputs is not None:
             raise ValueError("Pass either raw pixels or `mm_encoder_outputs`, not both.")
-        if input_ids is None or inputs_embeds is not None:
+        if input_ids is None or kwargs.get("inputs_embeds") is not None:
             raise ValueError("VisionSelector needs `input_ids` (not `inputs_embeds`) to find the visual placeholders.")
 
         if self.training:
             ratio = validate_retention_ratio(
                 self.config.train_retention_ratio if retention_ratio is None else retention_ratio
             )
-            features = self._visual_features(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
-            masked, soft_mask, hard_mask = self._soft_masked_features(features, ratio)
-            num_images = image_grid_thw.shape[0] if pixel_values is not None else 0
-            encoded = {}
-            if num_images:
-                encoded["image"] = BaseModelOutputWithPooling(pooler_output=tuple(masked[:num_images]))
-            if len(masked) > num_images:
-                encoded["video"] = BaseModelOutputWithPooling(pooler_output=tuple(masked[num_images:]))
-            outputs = super().forward(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                labels=labels,
-                use_cache=use_cache,
-                image_grid_thw=image_grid_thw,
-                video_grid_thw=video_grid_thw,
-                mm_token_type_ids=self._mm_token_type_ids(input_ids, mm_token_type_ids),
-                second_per_grid_ts=second_per_grid_ts,
-                logits_to_keep=logits_to_keep,
-                mm_encoder_outputs=encoded,
-                **kwargs,
+            features, deepstack = self._encode_visual_items(
+                pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
             )
-            return VisionSelectorCausalLMOutputWithPast(**outputs, soft_mask=soft_mask, hard_mask=hard_mask)
+            lengths = [item.shape[0] for item in features]
+            scores = self.scorer(torch.cat(features), lengths)  # (N,)
+            soft_mask = differentiable_topk(scores, lengths, [num_kept_tokens(n, ratio) for n in lengths])  # (N,)
+            hard_mask = hard_topk_mask(scores.detach(), lengths, ratio)  # (N,)
+            # Scale every merged token, and each of its deepstack features, by its soft mask value.
+            item_masks = [mask[:, None] for mask in torch.split(soft_mask, lengths)]
+            features = [item * mask.to(item.dtype) for item, mask in zip(features, item_masks)]
+            if deepstack is not None:
+                deepstack = [[layer * mask.to(layer.dtype) for layer in item] for item, mask in zip(deepstack, item_masks)]
+            num_images = image_grid_thw.shape[0] if pixel_values is not None else 0
+            stock_inputs["mm_token_type_ids"] = self._mm_token_type_ids(input_ids, mm_token_type_ids)
+            outputs = super().forward(
+                mm_encoder_outputs=self._encoder_outputs(features, deepstack, num_images), **stock_inputs
+            )
+            return with_selection_fields(
+                outputs, soft_mask=soft_mask, hard_mask=hard_mask, scores=scores, item_lengths=lengths
+            )
 
-        _check_empty_cache(past_key_values)
+        _check_empty_cache(kwargs)
         selection = self.select_visual_tokens(
             pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, retention_ratio, selector
         )
-        pruned = self._prune(
+        pruned = self.prune_inputs(
             selection,
-            input_ids,
-            attention_mask,
-            position_ids,
-            mm_token_type_ids,
-            labels,
-            image_grid_thw,
-            video_grid_thw,
-            second_per_grid_ts,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            mm_token_type_ids=mm_token_type_ids,
+            labels=labels,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            second_per_grid_ts=kwargs.pop("second_per_grid_ts", None),
         )
         self.model.rope_deltas = pruned.rope_deltas
         outputs = super().forward(
             input_ids=pruned.input_ids,
             attention_mask=pruned.attention_mask,
             position_ids=pruned.position_ids,
-            past_key_values=past_key_values,
             labels=pruned.labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
             mm_encoder_outputs=pruned.mm_encoder_outputs,
             **kwargs,
         )
-        return VisionSelectorCausalLMOutputWithPast(
-            **outputs, attention_mask=pruned.attention_mask, kept_indices=selection.kept_indices, labels=pruned.labels
+        return with_selection_fields(
+            outputs, attention_mask=pruned.attention_mask, labels=pruned.labels, kept_indices=selection.kept_indices
         )
 
     # ------------------------------------------------------------------ generate
 
     @torch.no_grad()
-    def generate(
-        self,
-        inputs: torch.Tensor | None = None,
-        *args,
-        retention_ratio: float | None = None,
-        selector: str = "learned",
-        **kwargs,
-    ):
+    def generate(self, inputs: torch.Tensor | None = None, *args, retention_ratio: float | None = None, selector: str = "learned", **kwargs):
         """[`~GenerationMixin.generate`] on the pruned prompt.
 
         The visual tokens are selected once, before generation; the stock generation loop (greedy, sampling,
         beam search, `num_return_sequences`, with or without cache, chunked prefill) then runs on the shorter
-        prompt. The returned sequences start with the caller's full `input_ids`, so trimming
-        `out[:, input_ids.shape[1]:]` gives the new tokens. A `max_length` counts the original prompt.
+        prompt, re-padded on the left whatever the input's padding side. The returned sequences start with the
+        caller's full `input_ids`, so trimming `out[:, input_ids.shape[1]:]` gives the new tokens; a `max_length` or
+        `min_length` (keyword, `generation_config` or the model's saved generation config) counts the caller's
+        prompt, and a `streamer` receives the caller's prompt first, then the new tokens, as from the stock model.
 
         Args:
             retention_ratio (`float`, *optional*): share of visual tokens kept, in (0, 1]; defaults to
                 `config.retention_ratio`. 1.0 reproduces the stock model token for token.
             selector (`str`, *optional*, defaults to `"learned"`): how to choose the kept tokens.
         """
-        input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
+        # Every argument by name, however the caller passed it (the stock signature decides the positions).
+        bound = inspect.signature(super().generate).bind(inputs, *args, **kwargs)
+        arguments = {name: value for name, value in bound.arguments.items() if name != "kwargs"}
+        arguments.update(bound.arguments.get("kwargs", {}))
+        input_ids = arguments.pop("inputs", None)
+        input_ids = arguments.pop("input_ids", None) if input_ids is None else input_ids
         ratio = self._resolve_ratio(retention_ratio)
         get_selector(selector)
-        pixel_values = kwargs.pop("pixel_values", None)
-        pixel_values_videos = kwargs.pop("pixel_values_videos", None)
+        pixel_values = arguments.pop("pixel_values", None)
+        pixel_values_videos = arguments.pop("pixel_values_videos", None)
         if pixel_values is None and pixel_values_videos is None:
-            return super().generate(input_ids, *args, **kwargs)
+            return super().generate(input_ids, **arguments)
 
-        if input_ids is None or kwargs.get("inputs_embeds") is not None:
+        if input_ids is None or arguments.get("inputs_embeds") is not None:
             raise ValueError("VisionSelector needs `input_ids` (not `inputs_embeds`) to find the visual placeholders.")
-        if kwargs.get("assistant_model") is not None or (len(args) > 6 and args[6] is not None):
+        if arguments.get("assistant_model") is not None:
             raise ValueError(
                 "Assisted generation is not supported with pruned visual tokens: the assistant would see the "
                 "full prompt while this model sees the pruned one. Generate without `assistant_model`."
             )
-        _check_empty_cache(kwargs.get("past_key_values"))
-        image_grid_thw = kwargs.pop("image_grid_thw", None)
-        video_grid_thw = kwargs.pop("video_grid_thw", None)
-        second_per_grid_ts = kwargs.pop("second_per_grid_ts", None)
-        attention_mask = kwargs.pop("attention_mask", None)
+        _check_empty_cache(arguments)
+        generation_config = arguments.get("generation_config") or self.generation_config
+        chunked = arguments.get("prefill_chunk_size", generation_config.prefill_chunk_size) is not None
+        if chunked and TRANSFORMERS_VERSION < _CHUNKED_MULTIMODAL_PREFILL:
+            raise ValueError(
+                f"`prefill_chunk_size` with images or videos needs transformers >= {_CHUNKED_MULTIMODAL_PREFILL}: the "
+                f"stock chunked prefill of transformers {TRANSFORMERS_VERSION} gives Qwen-VL prompts other tokens "
+                "than the whole prefill. Upgrade transformers, or generate without `prefill_chunk_size`."
+            )
+        image_grid_thw = arguments.pop("image_grid_thw", None)
+        video_grid_thw = arguments.pop("video_grid_thw", None)
         selection = self.select_visual_tokens(
             pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, ratio, selector
         )
-        pruned = self._prune(
+        pruned = self.prune_inputs(
             selection,
-            input_ids,
-            attention_mask,
-            kwargs.pop("position_ids", None),
-            kwargs.pop("mm_token_type_ids", None),
-            None,
-            image_grid_thw,
-            video_grid_thw,
-            second_per_grid_ts,
+            input_ids=input_ids,
+            attention_mask=arguments.pop("attention_mask", None),
+            position_ids=arguments.pop("position_ids", None),
+            mm_token_type_ids=arguments.pop("mm_token_type_ids", None),
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            second_per_grid_ts=arguments.pop("second_per_grid_ts", None),
+            padding_side="left",
         )
         # The 4-row positions `generate` expects: the 1D text positions of the shorter sequence, then the 3D ones.
         text_positions = (pruned.attention_mask.long().cumsum(-1) - 1).masked_fill(pruned.attention_mask == 0, 0)
         position_ids = torch.cat([text_positions[None], pruned.position_ids], dim=0)
-        removed = pruned.original_length - pruned.input_ids.shape[1]
-        for length_key in ("max_length", "min_length"):
-            if kwargs.get(length_key) is not None:
-                kwargs[length_key] = kwargs[length_key] - removed
+        arguments.update(_lengths_of_the_pruned_prompt(arguments, generation_config, pruned))
+        if arguments.get("streamer") is not None:
+            arguments["streamer"] = _CallerPromptStreamer(arguments["streamer"], input_ids)
         self.model.rope_deltas = pruned.rope_deltas
 
         outputs = super().generate(
             pruned.input_ids,
-            *args,
             attention_mask=pruned.attention_mask,
             position_ids=position_ids,
             mm_token_type_ids=self._mm_token_type_ids(pruned.input_ids, None),
             mm_encoder_outputs=pruned.mm_encoder_outputs,
-            **kwargs,
+            **arguments,
         )
         sequences = outputs if isinstance(outputs, torch.Tensor) else outputs.sequences
         copies = sequences.shape[0] // input_ids.shape[0]  # num_return_sequences
@@ -648,12 +763,29 @@ class VisionSelectorForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         return outputs
 
 
-# `save_pretrained` then copies this file and its relative imports next to the weights (the config's auto_map
-# names every auto class), so that `AutoModel.from_pretrained(folder, trust_remote_code=True)` finds the code.
-VisionSelectorForConditionalGeneration.register_for_auto_class("AutoModel")
+def _lengths_of_the_pruned_prompt(arguments: dict, generation_config, pruned: PrunedInputs) -> dict[str, int]:
+    """`max_length` / `min_length` for the pruned prompt, so that each counts the caller's prompt as given."""
+    removed = pruned.original_length - pruned.input_ids.shape[1]
+    lengths = {}
+    for name in ("max_length", "min_length"):
+        length = arguments.get(name, getattr(generation_config, name, None))
+        if length is not None and (name != "max_length" or arguments.get("max_new_tokens", generation_config.max_new_tokens) is None):
+            lengths[name] = max(0, length - removed)
+    return lengths
 
 
-def check_scorer_tensors(tensors: dict[str, torch.Tensor], config: VisionSelectorConfig, source: str) -> None:
+def _check_empty_cache(arguments: dict) -> None:
+    """A `ValueError` if `arguments` carry a filled cache, under either of its names."""
+    for name in _CACHE_KWARGS:
+        cache = arguments.get(name)
+        if cache is not None and cache.get_seq_length() > 0:
+            raise ValueError(
+                f"Continuing from a filled `{name}` is not supported with visual inputs: the cache holds a pruned "
+                "prompt whose positions no longer match `input_ids`. Run the whole prompt again without a cache."
+            )
+
+
+def check_scorer_tensors(tensors: dict[str, torch.Tensor], config, source: str) -> None:
     """Raises a `ValueError` unless `tensors` are exactly the `scorer.*` tensors of a model with `config`."""
     with torch.device("meta"):
         reference = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
@@ -675,12 +807,94 @@ def check_scorer_tensors(tensors: dict[str, torch.Tensor], config: VisionSelecto
         )
 
 
-def _check_empty_cache(past_key_values):
-    if past_key_values is not None and past_key_values.get_seq_length() > 0:
-        raise ValueError(
-            "Continuing from a filled `past_key_values` is not supported with visual inputs: the cache holds a "
-            "pruned prompt whose positions no longer match `input_ids`. Run the whole prompt again without a cache."
-        )
+def _looks_like_a_path(name: str) -> bool:
+    """Whether `name` can only be a local path: absolute, relative to `.`/`~`, or deeper than a Hub `org/name`."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or len(name.replace(os.sep, "/").split("/")) > 2
 
 
-__all__ = ["VisionSelectorForConditionalGeneration", "VisionSelectorCausalLMOutputWithPast", "VisualTokenSelection"]
+# ---------------------------------------------------------------------------------------------------- families
+
+
+class VisionSelectorQwen2VLForConditionalGeneration(VisionSelectorMixin, Qwen2VLForConditionalGeneration):
+    """Qwen2-VL with a Learnable Importance Scorer under `scorer.`; everything else is the stock model."""
+
+    config_class = VisionSelectorQwen2VLConfig
+    stock_class = Qwen2VLForConditionalGeneration
+
+
+class VisionSelectorForConditionalGeneration(VisionSelectorMixin, Qwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL with a Learnable Importance Scorer under `scorer.`; everything else is the stock model."""
+
+    config_class = VisionSelectorConfig
+    stock_class = Qwen2_5_VLForConditionalGeneration
+
+
+class VisionSelectorQwen3VLForConditionalGeneration(VisionSelectorMixin, Qwen3VLForConditionalGeneration):
+    """Qwen3-VL with a Learnable Importance Scorer under `scorer.`; the deepstack features are pruned alike."""
+
+    config_class = VisionSelectorQwen3VLConfig
+    stock_class = Qwen3VLForConditionalGeneration
+
+
+class VisionSelectorQwen3VLMoeForConditionalGeneration(VisionSelectorMixin, Qwen3VLMoeForConditionalGeneration):
+    """Qwen3-VL-MoE with a Learnable Importance Scorer under `scorer.`; the deepstack features are pruned alike."""
+
+    config_class = VisionSelectorQwen3VLMoeConfig
+    stock_class = Qwen3VLMoeForConditionalGeneration
+
+
+# The VisionSelector class of each stock `model_type`.
+VISIONSELECTOR_CLASSES = {
+    "qwen2_vl": VisionSelectorQwen2VLForConditionalGeneration,
+    "qwen2_5_vl": VisionSelectorForConditionalGeneration,
+    "qwen3_vl": VisionSelectorQwen3VLForConditionalGeneration,
+    "qwen3_vl_moe": VisionSelectorQwen3VLMoeForConditionalGeneration,
+}
+
+
+def visionselector_class_for(model_type: str, source: str = "the backbone"):
+    """The VisionSelector class for a stock or VisionSelector `model_type`, or a `ValueError` naming the accepted ones."""
+    for stock_type, selector_class in VISIONSELECTOR_CLASSES.items():
+        if model_type in (stock_type, selector_class.config_class.model_type):
+            return selector_class
+    raise ValueError(
+        f"{source} is a {model_type!r} model; VisionSelector supports {sorted(VISIONSELECTOR_CLASSES)} and their "
+        f"VisionSelector types {sorted(c.config_class.model_type for c in VISIONSELECTOR_CLASSES.values())}."
+    )
+
+
+# A remote-code class is not under `transformers.`, so a family's checkpoint renaming rules (Qwen2/2.5-VL on disk:
+# `visual.*`, `model.layers.*`; in memory: `model.visual.*`, `model.language_model.*`; Qwen3-VL-MoE: fused experts)
+# must be registered for it by name, or a stock checkpoint would load with the language model left at random. The
+# paper's released checkpoints (transformers 4.5x) keep the scorer in the vision tower, at `visual.importance_scorer.*`;
+# that rule comes first, or `^visual` -> `model.visual` would take it. On save the rules are reversed and a reversed
+# rule renames to its first source: `^scorer` is listed first so that our checkpoints always keep the scorer at
+# `scorer.*`. Families whose checkpoints already use the in-memory names have no stock rules (None).
+for _stock_type, _selector_class in VISIONSELECTOR_CLASSES.items():
+    _stock_rules = get_checkpoint_conversion_mapping(_selector_class.stock_class.__name__)
+    if _stock_rules is None:
+        _stock_rules = get_checkpoint_conversion_mapping(_stock_type)
+    register_checkpoint_conversion_mapping(
+        _selector_class.__name__,
+        [WeightRenaming(source_patterns=["^scorer", "^visual.importance_scorer"], target_patterns="scorer")]
+        + list(_stock_rules or []),
+        overwrite=True,
+    )
+    # `save_pretrained` copies this file and its relative imports next to the weights (the config's auto_map names
+    # every auto class), so that `AutoModel.from_pretrained(folder, trust_remote_code=True)` finds the code.
+    _selector_class.register_for_auto_class("AutoModel")
+
+
+__all__ = [
+    "VisionSelectorMixin",
+    "VisionSelectorForConditionalGeneration",
+    "VisionSelectorQwen2VLForConditionalGeneration",
+    "VisionSelectorQwen3VLForConditionalGeneration",
+    "VisionSelectorQwen3VLMoeForConditionalGeneration",
+    "VisionSelectorOutput",
+    "VisualTokenSelection",
+    "PrunedInputs",
+    "VISIONSELECTOR_CLASSES",
+    "visionselector_class_for",
+    "with_selection_fields",
+]

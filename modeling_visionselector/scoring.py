@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from fractions import Fraction
 
 import torch
 from torch import nn
@@ -25,8 +26,13 @@ def validate_retention_ratio(retention_ratio, name: str = "retention_ratio") -> 
 
 
 def num_kept_tokens(num_tokens: int, retention_ratio: float) -> int:
-    """How many of an item's `num_tokens` merged tokens survive: `max(1, int(retention_ratio * num_tokens))`."""
-    return max(1, int(retention_ratio * num_tokens))
+    """How many of an item's `num_tokens` merged tokens survive: `max(1, floor(retention_ratio * num_tokens))`.
+
+    The product is exact for the ratio as written: a float ratio is read as the shortest decimal that prints as it
+    (`repr`), so 0.29 of 100 tokens keeps 29, where float arithmetic (0.29 * 100 = 28.999999999999996) would keep 28.
+    """
+    ratio = Fraction(repr(float(retention_ratio)))
+    return max(1, ratio.numerator * num_tokens // ratio.denominator)
 
 
 def segment_ids(lengths: list[int], device=None) -> torch.LongTensor:

@@ -1,11 +1,15 @@
-"""An independent reference for pruned inference, built only from the stock Qwen2.5-VL.
+"""Independent references for pruned inference, built only from the stock model. Nothing here uses VisionSelector code.
 
-For one sample (batch of one, no padding): take the stock visual features and the stock `get_rope_index`
-positions, keep the visual tokens a selection names, and run the stock model on `inputs_embeds` of that
-shorter sequence. Nothing here uses VisionSelector code.
+- The kept-embeddings oracle (Qwen2.5-VL; one sample, no padding): take the stock visual features and the stock
+  `get_rope_index` positions, keep the visual tokens a selection names, and run the stock model on `inputs_embeds`
+  of that shorter sequence.
+- The masked-sequence oracle (any family, padded batches): the full sequence with the dropped placeholders masked out
+  of the attention mask, at the stock positions (see below).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -65,9 +69,22 @@ def prefill_logits(stock, embeds, positions) -> torch.Tensor:
     return stock(inputs_embeds=embeds, position_ids=positions).logits
 
 
+# Where the stock model puts the tokens after the prompt depends on the path, in every release 5.20 - 5.24:
+# - `generate` extends the prompt's positions by one per step: the last prompt position + 1, + 2, ...;
+# - a forward with the prompt, then decoding steps with its cache and no positions, use `rope_deltas` from
+#   `get_rope_index`: the largest position of the whole prompt + 1, + 2, ... A late frame of a long video can hold
+#   that largest (time) position, beyond the text after the video, so the two differ there.
+
+
+def largest_prompt_position(stock, inputs) -> int:
+    """The largest rotary position of one sample's whole prompt (where a forward + cached decode continues from)."""
+    return int(stock_positions(stock, inputs).max())
+
+
 @torch.no_grad()
 def greedy_tokens(stock, embeds, positions, max_new_tokens: int) -> list[int]:
-    """Greedy continuation by re-running the whole pruned sequence each step (no cache), stopping at eos."""
+    """Greedy continuation by re-running the whole pruned sequence each step (no cache), stopping at eos; the new
+    tokens at the positions `generate` gives them (the last one + 1, ...)."""
     eos = stock.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
     tokens = []
@@ -126,3 +143,106 @@ def split_kept_indices(inputs, config, kept_indices: list[torch.Tensor]) -> list
         per_sample.append(image_kept[:n_images] + video_kept[:n_videos])
         image_kept, video_kept = image_kept[n_images:], video_kept[n_videos:]
     return per_sample
+
+
+# ------------------------------------------------------------------ the masked-sequence oracle (any Qwen-VL family)
+#
+# The full sequence, with the placeholders of the dropped visual tokens masked out of the attention mask, the stock
+# positions of the full sequence and the stock features: at every kept position the stock model then computes
+# exactly what the pruned model computes there. It works for padded batches and every family (Qwen3-VL's deepstack
+# features included), and needs nothing but the stock model and the kept indices.
+
+
+def masked_attention(inputs, config, kept_indices: list[torch.Tensor]) -> torch.Tensor:
+    """`(B, L)` attention mask of `inputs` with 0 at the placeholders of dropped visual tokens.
+
+    `kept_indices` are per item: every image of the batch in reading order, then every video. Each image (video)
+    owns the next `t * h * w / merge**2` image (video) placeholders in reading order over (row, position).
+    """
+    merge = config.vision_config.spatial_merge_size
+    mask = inputs["attention_mask"].clone()
+    grids = [g for key in ("image_grid_thw", "video_grid_thw") if inputs.get(key) is not None for g in inputs[key].tolist()]
+    num_images = 0 if inputs.get("image_grid_thw") is None else len(inputs["image_grid_thw"])
+    owners = {config.image_token_id: iter(range(num_images)), config.video_token_id: iter(range(num_images, len(grids)))}
+    left = {config.image_token_id: 0, config.video_token_id: 0}  # placeholders the current item still owns
+    current = {}
+    for row in range(inputs["input_ids"].shape[0]):
+        for column, token in enumerate(inputs["input_ids"][row].tolist()):
+            if token not in owners:
+                continue
+            if left[token] == 0:
+                item = next(owners[token])
+                t, h, w = grids[item]
+                current[token] = [item, 0, set(kept_indices[item].tolist())]
+                left[token] = t * h * w // merge**2
+            item, index, kept = current[token]
+            if index not in kept:
+                mask[row, column] = 0
+            current[token][1] += 1
+            left[token] -= 1
+    return mask
+
+
+def stock_positions(stock, inputs) -> torch.Tensor:
+    """`(3, B, L)` stock rotary positions of the full sequence (`second_per_grid_ts` where the family has it)."""
+    extra = {}
+    if "second_per_grid_ts" in inspect.signature(stock.model.get_rope_index).parameters:
+        extra["second_per_grid_ts"] = inputs.get("second_per_grid_ts")
+    positions, _ = stock.model.get_rope_index(
+        inputs["input_ids"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        video_grid_thw=inputs.get("video_grid_thw"),
+        attention_mask=inputs["attention_mask"],
+        **extra,
+    )
+    return positions
+
+
+@torch.no_grad()
+def masked_logits(
+    stock, inputs, kept_indices, extra_tokens: torch.Tensor | None = None, after_largest: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stock logits `(B, L [+ n], V)` of the full sequence with the dropped placeholders masked, and that mask.
+
+    `extra_tokens` `(B, n)` are appended after the prompt (text), at the positions `generate` gives them, or with
+    `after_largest` where a forward + cached decode puts them (see above).
+    """
+    mask = masked_attention(inputs, stock.config, kept_indices)
+    positions = stock_positions(stock, inputs)
+    input_ids = inputs["input_ids"]
+    if extra_tokens is not None and extra_tokens.shape[1]:
+        n = extra_tokens.shape[1]
+        if after_largest:
+            start = positions.masked_fill(inputs["attention_mask"][None] == 0, 0).amax(dim=(0, 2))  # (B,)
+        else:
+            start = positions[:, :, -1].amax(dim=0)  # (B,), left padding: the last column is real
+        input_ids = torch.cat([input_ids, extra_tokens], dim=1)
+        mask = torch.cat([mask, torch.ones_like(extra_tokens)], dim=1)
+        steps = start[None, :, None] + torch.arange(1, n + 1)[None, None, :]
+        positions = torch.cat([positions, steps.expand(3, -1, -1)], dim=2)
+    visual = {key: inputs[key] for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+                                           "second_per_grid_ts") if inputs.get(key) is not None}
+    mm_token_type_ids = torch.zeros_like(input_ids)
+    mm_token_type_ids[:, : inputs["mm_token_type_ids"].shape[1]] = inputs["mm_token_type_ids"]
+    out = stock(input_ids=input_ids, attention_mask=mask, position_ids=positions, mm_token_type_ids=mm_token_type_ids,
+                use_cache=False, **visual)
+    return out.logits, mask
+
+
+@torch.no_grad()
+def masked_greedy(stock, inputs, kept_indices, max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuation of every row by re-running the whole masked sequence each step (no cache); rows stop
+    after their eos."""
+    eos = stock.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    batch = inputs["input_ids"].shape[0]
+    tokens = torch.zeros(batch, 0, dtype=torch.long)
+    for _ in range(max_new_tokens):
+        logits, _ = masked_logits(stock, inputs, kept_indices, tokens)
+        tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    rows = []
+    for row in tokens.tolist():
+        cut = next((i for i, token in enumerate(row) if token in eos), None)
+        rows.append(row if cut is None else row[: cut + 1])
+    return rows

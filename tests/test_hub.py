@@ -306,6 +306,22 @@ def test_a_scorer_for_another_width_is_a_clear_error(scorer_dir, tmp_path):
         VisionSelectorForConditionalGeneration.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("loader", ["class", "auto_model"])
+def test_a_full_checkpoint_whose_scorer_has_another_width_is_a_clear_error(trained, tmp_path, loader):
+    trained.save_pretrained(tmp_path / "full")
+    config = json.loads((tmp_path / "full" / "config.json").read_text())
+    config["scorer_hidden_size"] = 8  # the weights are 16 wide
+    (tmp_path / "full" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"scorer.q_proj.weight: \(16, 32\) given, \(8, 32\) expected"):
+        if loader == "class":
+            VisionSelectorForConditionalGeneration.from_pretrained(tmp_path / "full")
+        else:
+            AutoModel.from_pretrained(tmp_path / "full", trust_remote_code=True)
+    # asked for, a mismatched scorer loads freshly initialised, as in the stock `from_pretrained`
+    model = VisionSelectorForConditionalGeneration.from_pretrained(tmp_path / "full", ignore_mismatched_sizes=True)
+    assert model.scorer.q_proj.weight.shape == (8, 32)
+
+
 # ---------------------------------------------------------------------------------------------------- pushing
 
 

@@ -12,6 +12,7 @@ from modeling_visionselector import (
     VisionSelectorForConditionalGeneration,
     VisionSelectorScorer,
 )
+from oracle import masked_attention
 from visionselector.tiny import tiny_qwen2_5_vl, tiny_qwen2_5_vl_config
 
 ONE_IMAGE_EACH = [[("image", 56, 84)], [("image", 84, 84)]]
@@ -109,7 +110,7 @@ def test_save_pretrained_round_trip_keeps_every_tensor(model, tmp_path):
 def test_remote_code_round_trip(model, make_inputs, tmp_path):
     """save_pretrained ships the code and a complete auto_map; the auto classes load it as remote code."""
     model.save_pretrained(tmp_path)
-    for name in ("modeling_visionselector.py", "configuration_visionselector.py", "scoring.py", "compression.py"):
+    for name in ("modeling_visionselector.py", "configuration_visionselector.py", "scoring.py", "pruning.py"):
         assert (tmp_path / name).is_file(), name
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoConfig"] == "configuration_visionselector.VisionSelectorConfig"
@@ -178,15 +179,23 @@ def test_missing_mm_token_type_ids_are_derived_from_input_ids(model, make_inputs
     assert torch.equal(model.generate(**without, **kwargs), model.generate(**inputs, **kwargs))
 
 
-def test_labels_are_compressed_with_the_sequence(model, make_inputs):
+def test_labels_are_pruned_with_the_sequence(model, make_inputs):
     inputs = make_inputs(ONE_IMAGE_EACH, padding_side="right")
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
     with torch.no_grad():
         out = model(**inputs, labels=labels, retention_ratio=0.25)
-    assert out.loss is not None and torch.isfinite(out.loss)
-    # the same loss, computed by hand on the compressed logits
     kept_tokens = out.attention_mask.bool()
     assert int(kept_tokens.sum()) < int(inputs["attention_mask"].sum())
+    # the returned labels are the caller's labels at the kept positions (found by the stock-only oracle) ...
+    kept_positions = masked_attention(inputs, model.config, out.kept_indices).bool()
+    for row in range(labels.shape[0]):
+        assert torch.equal(out.labels[row][kept_tokens[row]], labels[row][kept_positions[row]])
+    assert bool((out.labels[~kept_tokens] == -100).all())
+    # ... and the loss is the next-token cross-entropy of the pruned logits against them, computed by hand
+    expected = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), out.labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+    torch.testing.assert_close(out.loss, expected)
 
 
 # ---------------------------------------------------------------- training forward
@@ -260,3 +269,23 @@ def test_continuing_from_a_filled_cache_raises(model, make_inputs):
     out = model.generate(**inputs, retention_ratio=0.5, max_new_tokens=2, return_dict_in_generate=True)
     with pytest.raises(ValueError, match="past_key_values"):
         model.generate(**inputs, past_key_values=out.past_key_values, retention_ratio=0.5, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("installed", ["5.19.0", "5.25.0", "6.0.0.dev0"])
+def test_the_remote_code_refuses_an_unsupported_transformers_at_import(monkeypatch, installed):
+    import importlib.util
+
+    import transformers
+
+    import modeling_visionselector
+
+    monkeypatch.setattr(transformers, "__version__", installed)
+    folder = os.path.dirname(modeling_visionselector.__file__)
+    spec = importlib.util.spec_from_file_location(
+        "shipped_visionselector.configuration_visionselector",
+        os.path.join(folder, "configuration_visionselector.py"),
+        submodule_search_locations=None,
+    )
+    module = importlib.util.module_from_spec(spec)
+    with pytest.raises(ImportError, match=rf"supports transformers >=5\.20\.0,<5\.25\.0, but transformers {installed} is installed"):
+        spec.loader.exec_module(module)

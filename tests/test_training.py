@@ -99,8 +99,10 @@ def test_config_defaults_follow_the_paper(tmp_path):
     assert own == {
         "train_retention_ratio", "reg_weight_start", "reg_weight_end", "reg_weight_schedule", "save_scorer_only_checkpoints"
     }
+    assert args.assistant_only_loss is None  # on for `messages` datasets (TRL: off)
+    overridden = {"learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_length", "assistant_only_loss"}
     for field in dataclasses.fields(VisionSelectorSFTConfig):
-        if field.name in own | {"learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_length"}:
+        if field.name in own | overridden:
             assert field.metadata.get("help"), field.name
 
 

@@ -20,6 +20,7 @@ from transformers import AutoModel, TrainerCallback
 from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer
 from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl
 from visionselector_training import SCORER_CHECKPOINT_NAME, VisionSelectorSFTConfig, VisionSelectorSFTTrainer
+from visionselector_training.collator import assistant_turn_mask
 from visionselector_training.tiny_assets import write_tiny_backbone
 
 QUESTION = "what is the colour of the square"
@@ -254,13 +255,15 @@ def test_evaluation_pairs_pruned_logits_with_pruned_labels(tmp_path):
         valid = pruned[:, 1:] != -100
         correct += int(((outputs.logits[:, :-1].argmax(-1) == pruned[:, 1:]) & valid).sum())
         total += int(valid.sum())
-        loss_sum += float(
-            F.cross_entropy(outputs.logits[:, :-1].flatten(0, 1), pruned[:, 1:].flatten(), ignore_index=-100, reduction="sum")
-        )
+        batch_loss = F.cross_entropy(outputs.logits[:, :-1].flatten(0, 1), pruned[:, 1:].flatten(), ignore_index=-100)
+        loss_sum += float(batch_loss) * len(pruned)  # `Trainer` weights each batch's mean by its size
     assert seen["count"] == total
     assert metrics["eval_token_accuracy"] == pytest.approx(correct / total)
     assert metrics["eval_mean_token_accuracy"] == pytest.approx(correct / total)  # the trainer's own metric, not skipped
-    assert np.isfinite(metrics["eval_loss"])
+    assert metrics["eval_loss"] == pytest.approx(loss_sum / len(eval_dataset), rel=1e-5)
+    prediction = trainer.predict(eval_dataset)
+    assert prediction.predictions.shape[:2] == prediction.label_ids.shape
+    assert prediction.metrics["test_token_accuracy"] == pytest.approx(correct / total)
 
 
 # ---------------------------------------------------------------- 5a. answer-only loss
@@ -268,6 +271,21 @@ def test_evaluation_pairs_pruned_logits_with_pruned_labels(tmp_path):
 
 def _supervised_tokens(batch):
     return [row[row != -100].tolist() for row in batch["labels"]]
+
+
+def test_assistant_turn_mask():
+    header, end = [7, 11], 2
+    ids = torch.tensor(
+        [
+            [7, 10, 20, 2, 7, 11, 21, 22, 2, 7, 10, 23, 2, 7, 11, 24, 2, 0],  # two assistant turns, then padding
+            [0, 0, 7, 10, 20, 2, 7, 11, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34],  # left padding, a truncated turn
+            [7, 10, 20, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],  # no assistant turn
+        ]
+    )
+    expected = torch.zeros_like(ids, dtype=torch.bool)
+    expected[0, 6:9] = expected[0, 15:17] = True
+    expected[1, 8:] = True
+    assert torch.equal(assistant_turn_mask(ids, header, end), expected)
 
 
 def test_messages_datasets_train_on_the_assistant_turns_only(tmp_path):
@@ -425,3 +443,18 @@ def test_default_learning_rate_does_not_warn(tmp_path, dataset):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         trainer.train()
+
+
+# ---------------------------------------------------------------- seeds (found with the distributed test)
+
+
+def test_fresh_scorer_follows_the_seed(tmp_path, dataset):
+    """A scorer drawn for a stock backbone depends on `args.seed` only: every rank and every run start alike."""
+    backbone_dir = write_tiny_backbone(str(tmp_path / "backbone"))
+    scorers = []
+    for seed, noise in ((0, 1), (0, 2), (1, 1)):
+        torch.manual_seed(noise)  # whatever the global generator holds before
+        trainer = make_trainer(tmp_path, dataset, model=backbone_dir, seed=seed)
+        scorers.append(trainer.model.scorer.k_proj.weight.detach().clone())
+    assert torch.equal(scorers[0], scorers[1])
+    assert not torch.equal(scorers[0], scorers[2])

@@ -4,9 +4,11 @@
 from visionselector_training import VisionSelectorSFTConfig, VisionSelectorSFTTrainer
 ```
 
-The command line is `python -m visionselector_training.train` (see its docstring).
+The command line is `python -m visionselector_training.train` (see its docstring); the CPU smoke run is
+`python -m visionselector_training.smoke`.
 """
 
+from .collator import VisionSelectorCollator, assistant_turn_mask
 from .config import VisionSelectorSFTConfig
 from .losses import mask_hard_distance, mask_regularization, mask_sharpness
 from .schedule import REG_WEIGHT_SCHEDULES, annealed_reg_weight
@@ -15,6 +17,8 @@ from .trainer import SCORER_CHECKPOINT_NAME, VisionSelectorSFTTrainer, load_visi
 __all__ = [
     "VisionSelectorSFTConfig",
     "VisionSelectorSFTTrainer",
+    "VisionSelectorCollator",
+    "assistant_turn_mask",
     "load_visionselector",
     "annealed_reg_weight",
     "REG_WEIGHT_SCHEDULES",

@@ -1,10 +1,14 @@
-"""Writes a tiny stock Qwen2.5-VL backbone, its processor and a small JSONL image dataset, for smoke runs on CPU.
+"""Writes a tiny random stock Qwen2.5-VL backbone, its processor and a small JSONL image dataset: the files the
+training script reads, to try its plumbing on CPU in seconds (nothing learns: the backbone is random; for a run that
+learns, see `python -m visionselector_training.smoke`).
 
 Usage:
 
 ```bash
 python -m visionselector_training.tiny_assets tiny-visionselector
-python -m visionselector_training.train --config training/configs/tiny_cpu.yaml
+python -m visionselector_training.train --model_name_or_path tiny-visionselector/backbone \
+    --dataset_name tiny-visionselector/data/train.jsonl --output_dir tiny-visionselector/run \
+    --use_cpu --max_steps 10 --per_device_train_batch_size 4 --gradient_checkpointing false --report_to none
 ```
 
 Layout written under the folder: `backbone/` (model + processor) and `data/train.jsonl` with `data/images/*.png`.

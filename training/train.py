@@ -8,12 +8,11 @@ with `messages` and `images` (image paths, relative to the file or absolute), or
 `--reg_weight_end`, `--reg_weight_schedule`, `--save_scorer_only_checkpoints`) is an option; a YAML file given with
 `--config` sets any of them, and the command line overrides it.
 
-# Tiny smoke run on CPU
+# Tiny runs on CPU
 
-```bash
-python -m visionselector_training.tiny_assets tiny-visionselector
-python -m visionselector_training.train --config training/configs/tiny_cpu.yaml
-```
+`python -m visionselector_training.smoke` trains a fresh scorer for the embedded tiny backbone on the demo task and
+prints its accuracy before and after (see `smoke.py`); `python -m visionselector_training.tiny_assets DIR` writes a
+tiny random backbone and a JSONL dataset in the format this script reads (see `tiny_assets.py`).
 
 # Qwen2.5-VL-7B on 8 GPUs (DeepSpeed ZeRO-2; see training/configs/ for DDP, ZeRO-3 and FSDP)
 
@@ -64,13 +63,14 @@ def load_training_dataset(name: str, config: str | None = None, streaming: bool 
 
 
 def main(script_args, training_args: VisionSelectorSFTConfig, model_args) -> VisionSelectorSFTTrainer:
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor, set_seed
 
     if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
         raise ValueError("PEFT and quantized backbones are not supported: only the scorer is trained.")
     if script_args.dataset_name is None:
         raise ValueError("`--dataset_name` is required: a local .json/.jsonl file or a Hub dataset.")
 
+    set_seed(training_args.seed)  # the fresh scorer of a stock backbone is drawn while loading
     model = load_visionselector(
         model_args.model_name_or_path,
         revision=model_args.model_revision,

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedConfig, Qwen2_5_VLForConditionalGeneration, TrainingArguments
+from transformers import PreTrainedConfig, TrainingArguments, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 from trl import SFTTrainer
@@ -21,9 +21,10 @@ from trl.chat_template_utils import get_training_chat_template
 
 from modeling_visionselector import (
     SCORER_WEIGHTS_NAME,
-    VisionSelectorConfig,
+    VISIONSELECTOR_CLASSES,
     VisionSelectorForConditionalGeneration,
     save_scorer,
+    visionselector_class_for,
 )
 
 from .collator import IGNORE_INDEX, VisionSelectorCollator, chatml_turn_ids
@@ -44,11 +45,11 @@ SATURATED_SHARPNESS = 0.95
 EARLY_SHARE = 0.2
 
 
-def load_visionselector(model_name_or_path: str, **kwargs) -> VisionSelectorForConditionalGeneration:
-    """A VisionSelector from a folder or Hub id of either a VisionSelector or a stock Qwen2.5-VL.
+def load_visionselector(model_name_or_path: str, **kwargs):
+    """A VisionSelector from a folder or Hub id of either a VisionSelector or a stock Qwen-VL backbone of any family.
 
-    A stock Qwen2.5-VL is wrapped with [`VisionSelectorForConditionalGeneration.from_backbone`] (fresh scorer); a
-    VisionSelector is loaded with its trained scorer.
+    A stock backbone is wrapped with [`VisionSelectorForConditionalGeneration.from_backbone`] (fresh scorer) into the
+    VisionSelector class of its family; a VisionSelector is loaded with its trained scorer.
 
     Args:
         model_name_or_path (`str`): the checkpoint.
@@ -60,23 +61,17 @@ def load_visionselector(model_name_or_path: str, **kwargs) -> VisionSelectorForC
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
     config_dict, _ = PreTrainedConfig.get_config_dict(model_name_or_path, revision=kwargs.get("revision"))
     model_type = config_dict.get("model_type")
-    if model_type == VisionSelectorConfig.model_type:
-        return VisionSelectorForConditionalGeneration.from_pretrained(model_name_or_path, **kwargs)
-    if model_type == "qwen2_5_vl":
-        unsupported = sorted(set(kwargs) - set(_BACKBONE_LOADING_KWARGS))
-        if unsupported:
-            raise ValueError(
-                f"Loading a stock Qwen2.5-VL backbone accepts only {list(_BACKBONE_LOADING_KWARGS)}, got {unsupported}."
-            )
-        # A local backbone is recorded by its absolute path, so the saved checkpoints load from any directory.
-        base = os.path.abspath(model_name_or_path) if os.path.isdir(model_name_or_path) else model_name_or_path
-        return VisionSelectorForConditionalGeneration.from_backbone(
-            model_name_or_path, base_model_name_or_path=base, **kwargs
+    model_class = visionselector_class_for(model_type, repr(model_name_or_path))
+    if model_type == model_class.config_class.model_type:
+        return model_class.from_pretrained(model_name_or_path, **kwargs)
+    unsupported = sorted(set(kwargs) - set(_BACKBONE_LOADING_KWARGS))
+    if unsupported:
+        raise ValueError(
+            f"Loading a stock {model_type} backbone accepts only {list(_BACKBONE_LOADING_KWARGS)}, got {unsupported}."
         )
-    raise ValueError(
-        f"{model_name_or_path!r} is a {model_type!r} checkpoint; expected a stock Qwen2.5-VL ('qwen2_5_vl') or a "
-        f"VisionSelector ({VisionSelectorConfig.model_type!r})."
-    )
+    # A local backbone is recorded by its absolute path, so the saved checkpoints load from any directory.
+    base = os.path.abspath(model_name_or_path) if os.path.isdir(model_name_or_path) else model_name_or_path
+    return model_class.from_backbone(model_name_or_path, base_model_name_or_path=base, **kwargs)
 
 
 class VisionSelectorSFTTrainer(SFTTrainer):
@@ -101,8 +96,8 @@ class VisionSelectorSFTTrainer(SFTTrainer):
     `from_pretrained`), plus the optimizer, scheduler, RNG and trainer states; `save_model` writes the full model.
 
     Args:
-        model (`VisionSelectorForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration` or `str`):
-            the model; a stock Qwen2.5-VL (object or path) is wrapped with a fresh scorer. A path is loaded with
+        model (a VisionSelector model, a stock Qwen-VL model of a supported family, or `str`):
+            the model; a stock backbone (object or path) is wrapped with a fresh scorer. A path is loaded with
             `args.model_init_kwargs`.
         args ([`VisionSelectorSFTConfig`], *optional*): the configuration; other `TrainingArguments` are converted.
         **kwargs: the other arguments of [`~trl.SFTTrainer`] (`train_dataset`, `processing_class`, ...), except
@@ -128,14 +123,18 @@ class VisionSelectorSFTTrainer(SFTTrainer):
                 f"loss_type={args.loss_type!r}, label_smoothing_factor={args.label_smoothing_factor!r} and "
                 f"compute_loss_func={kwargs.get('compute_loss_func')!r}, expected 'nll', 0 and None."
             )
+        stock = _is_stock_backbone(model)
+        if isinstance(model, str) or stock:
+            set_seed(args.seed)  # a fresh scorer may be drawn below: the same on every rank and in every run of a seed
         if isinstance(model, str):
             model = load_visionselector(model, **(args.model_init_kwargs or {}))
             args.model_init_kwargs = None  # used here; SFTTrainer would warn that a loaded model ignores them
-        elif isinstance(model, Qwen2_5_VLForConditionalGeneration) and not _is_visionselector(model):
+        elif stock:
             model = VisionSelectorForConditionalGeneration.from_backbone(model)
         if not _is_visionselector(model):
             raise ValueError(
-                f"VisionSelectorSFTTrainer needs a VisionSelector or a stock Qwen2.5-VL, got {type(model).__name__}."
+                f"VisionSelectorSFTTrainer needs a VisionSelector or a stock Qwen-VL backbone ({sorted(VISIONSELECTOR_CLASSES)}), "
+                f"got {type(model).__name__}."
             )
         model.config.train_retention_ratio = args.train_retention_ratio
         for name, parameter in model.named_parameters():
@@ -174,9 +173,6 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         half = next(scorer.parameters()).dtype in (torch.float16, torch.bfloat16)
         if half and (args.bf16 or args.fp16) and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             scorer.float()
-        # The scores of the latest forward, for the `score_std` diagnostic.
-        self._latest_scores = None
-        scorer.register_forward_hook(self._record_scores)
         self._warned_saturation = False
         self._token_counts = {"train": [0, 0], "eval": [0, 0]}  # correct and supervised tokens since the last log
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -228,9 +224,6 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             progress, self.args.reg_weight_start, self.args.reg_weight_end, self.args.reg_weight_schedule
         )
 
-    def _record_scores(self, module, inputs, scores) -> None:
-        self._latest_scores = (scores.detach(), list(inputs[1]))
-
     def _log_metric(self, mode: str, name: str, value: torch.Tensor | float) -> float:
         value = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).detach().reshape(1)
         mean = self.accelerator.gather(value).mean().item()
@@ -258,7 +251,9 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         if labels is not None:
             logits = outputs.logits[:, :-1]  # (B, L - 1, V)
             targets = labels[:, 1:].to(logits.device)  # (B, L - 1)
-            token_losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+            token_losses = F.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+            )
             num_tokens = (targets != IGNORE_INDEX).sum()
             ce_loss = token_losses.sum() / num_tokens.clamp(min=1)
             if num_items_in_batch is None:
@@ -283,10 +278,9 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             self._log_metric(mode, "mask_hard_distance", mask_hard_distance(outputs.soft_mask, outputs.hard_mask))
             sharpness = self._log_metric(mode, "mask_sharpness", mask_sharpness(outputs.soft_mask))
             self._warn_if_saturated(sharpness)
-        if self._latest_scores is not None and outputs.get("soft_mask") is not None:
-            scores, lengths = self._latest_scores
-            spread = torch.stack([item.float().std(correction=0) for item in torch.split(scores, lengths)]).mean()
-            self._log_metric(mode, "score_std", spread)
+            if outputs.get("scores") is not None:
+                items = torch.split(outputs.scores.detach().float(), list(outputs.item_lengths))
+                self._log_metric(mode, "score_std", torch.stack([item.std(correction=0) for item in items]).mean())
         if loss is None:
             loss = outputs.loss
 
@@ -335,9 +329,10 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, outputs = self.compute_loss(model, dict(inputs), return_outputs=True)
+        loss = loss.detach() if loss is not None else None
         if prediction_loss_only:
-            return loss.detach(), None, None
-        return loss.detach(), outputs.logits, outputs.get("labels")
+            return loss, None, None
+        return loss, outputs.logits, outputs.get("labels")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -389,7 +384,13 @@ class VisionSelectorSFTTrainer(SFTTrainer):
 
 def _is_visionselector(model) -> bool:
     # By model type, not class: a model loaded with `trust_remote_code` has its own copy of the class.
-    return getattr(model.config, "model_type", None) == VisionSelectorConfig.model_type and hasattr(model, "scorer")
+    model_types = {selector_class.config_class.model_type for selector_class in VISIONSELECTOR_CLASSES.values()}
+    return getattr(model.config, "model_type", None) in model_types and hasattr(model, "scorer")
+
+
+def _is_stock_backbone(model) -> bool:
+    stock_classes = tuple(selector_class.stock_class for selector_class in VISIONSELECTOR_CLASSES.values())
+    return isinstance(model, stock_classes) and not _is_visionselector(model)
 
 
 __all__ = ["VisionSelectorSFTTrainer", "load_visionselector", "SCORER_CHECKPOINT_NAME"]

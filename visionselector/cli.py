@@ -106,7 +106,9 @@ def load_model_and_processor(model: str, revision: str | None = None, device: st
     import torch
     from transformers import AutoProcessor
 
-    from modeling_visionselector import VisionSelectorConfig, VisionSelectorForConditionalGeneration
+    from transformers import PreTrainedConfig
+
+    from modeling_visionselector import VISIONSELECTOR_CLASSES
 
     local = Path(model).expanduser()
     looks_local = local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
@@ -114,14 +116,17 @@ def load_model_and_processor(model: str, revision: str | None = None, device: st
         raise CommandError(f"model folder {model!r} does not exist.", EXIT_USAGE)
     source = str(local) if looks_local else model
     try:
-        config_dict, _ = VisionSelectorConfig.get_config_dict(source, revision=revision)
-        if config_dict.get("model_type") != VisionSelectorConfig.model_type:
+        config_dict, _ = PreTrainedConfig.get_config_dict(source, revision=revision)
+        model_type = config_dict.get("model_type")
+        model_class = {c.config_class.model_type: c for c in VISIONSELECTOR_CLASSES.values()}.get(model_type)
+        if model_class is None:
             raise CommandError(
-                f"{model!r} is a {config_dict.get('model_type')!r} checkpoint, not a VisionSelector "
-                f"({VisionSelectorConfig.model_type!r}); train a scorer for it first (see visionselector_training)."
+                f"{model!r} is a {model_type!r} checkpoint, not a VisionSelector "
+                f"({', '.join(sorted(c.config_class.model_type for c in VISIONSELECTOR_CLASSES.values()))}); train a "
+                "scorer for it first (see visionselector_training)."
             )
-        config = VisionSelectorConfig.from_pretrained(source, revision=revision)
-        network = VisionSelectorForConditionalGeneration.from_pretrained(source, config=config, revision=revision)
+        config = model_class.config_class.from_pretrained(source, revision=revision)
+        network = model_class.from_pretrained(source, config=config, revision=revision)
         # trust_remote_code=False: the tokenizer only reads config.json, whose auto_map would otherwise prompt.
         processor = AutoProcessor.from_pretrained(source, revision=revision, trust_remote_code=False)
     except CommandError:

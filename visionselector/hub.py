@@ -7,11 +7,16 @@ Usage:
     visionselector-hub save --checkpoint path/to/VisionSelector-Qwen2.5-VL-7B \
         --base_model Qwen/Qwen2.5-VL-7B-Instruct --output_dir scorer-7b          # `convert` is the same command
 
+    # a full checkpoint from a scorer-only artifact, for engines that load one folder (vLLM): the backbone's
+    # shards are copied as they are, the scorer added as one more shard
+    visionselector-hub merge --scorer me/VisionSelector-Qwen2.5-VL-7B --output_dir VisionSelector-Qwen2.5-VL-7B-full
+
     # the same, uploaded in one commit (the repo is created if needed)
     visionselector-hub push --checkpoint runs/7b/final --repo_id me/VisionSelector-Qwen2.5-VL-7B --private \
         --revision v1 --commit_message "Scorer trained at 20% retention"
 
-Only the config and the scorer tensors of the checkpoint are read; the backbone is never loaded.
+Only the config and the scorer tensors of the checkpoint are read; the backbone is never loaded (`merge` copies
+its files).
 (`python -m visionselector.hub ...` works the same.)
 """
 
@@ -64,7 +69,20 @@ class PushArguments:
     token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
 
 
-COMMANDS = {"save": SaveArguments, "convert": SaveArguments, "push": PushArguments}
+@dataclass
+class MergeArguments:
+    scorer: str = field(metadata={"help": "Folder or Hub id of a scorer-only artifact (`scorer_only: true`)."})
+    output_dir: str = field(metadata={"help": "The full checkpoint folder to write."})
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Folder or Hub id of the backbone (default: the artifact config's `base_model_name_or_path`)."},
+    )
+    base_model_revision: str | None = field(default=None, metadata={"help": "Revision of the backbone."})
+    revision: str | None = field(default=None, metadata={"help": "Revision of the artifact."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+
+
+COMMANDS = {"save": SaveArguments, "convert": SaveArguments, "push": PushArguments, "merge": MergeArguments}
 
 
 def _processor(value: str):
@@ -78,14 +96,51 @@ def _processor(value: str):
 
 
 def main(argv: list[str] | None = None, api=None) -> int:
-    """Runs `visionselector-hub <save|convert|push> ...`; `api` (an `HfApi`) is for tests."""
+    """Runs `visionselector-hub <save|convert|push> ...`; `api` (an `HfApi`) is for tests.
+
+    Returns 0 on success, 2 on a usage error or a failure, which is printed as one `error:` line.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
         print(__doc__ + f"\nCommands: {', '.join(COMMANDS)}; `<command> --help` lists the options.", file=sys.stderr)
         return 2
     command = argv[0]
+    if command == "merge":
+        from visionselector.merge import merge_scorer_artifact
+
+        (args,) = HfArgumentParser(MergeArguments, prog="visionselector-hub merge").parse_args_into_dataclasses(args=argv[1:])
+        folder = merge_scorer_artifact(
+            args.scorer,
+            args.output_dir,
+            base_model_name_or_path=args.base_model,
+            base_model_revision=args.base_model_revision,
+            revision=args.revision,
+            **({"token": args.token} if args.token else {}),
+        )
+        print(f"Wrote the full checkpoint to {folder}")
+        return 0
     parser = HfArgumentParser((ScorerArguments, COMMANDS[command]), prog=f"visionselector-hub {command}")
     scorer_args, command_args = parser.parse_args_into_dataclasses(args=argv[1:])
+    try:
+        _run(command, scorer_args, command_args, api)
+    except (ValueError, OSError) as error:
+        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(command: str, scorer_args: ScorerArguments, command_args, api) -> None:
+    from transformers import PreTrainedConfig
+
+    try:
+        stored, _ = PreTrainedConfig.get_config_dict(scorer_args.checkpoint)
+    except OSError as error:
+        raise OSError(f"cannot read the config of --checkpoint {scorer_args.checkpoint!r}: {error}") from error
+    if not scorer_args.base_model and not stored.get("base_model_name_or_path"):
+        raise ValueError(
+            f"the config of {scorer_args.checkpoint} names no backbone (the paper's releases don't): pass "
+            "--base_model with the Hub id the scorer was trained on, e.g. --base_model Qwen/Qwen2.5-VL-7B-Instruct"
+        )
     common = dict(
         base_model_name_or_path=scorer_args.base_model,
         base_model_revision=scorer_args.base_model_revision,
@@ -110,7 +165,6 @@ def main(argv: list[str] | None = None, api=None) -> int:
     else:
         folder = convert_checkpoint_to_scorer(scorer_args.checkpoint, command_args.output_dir, **common)
         print(f"Wrote the scorer-only artifact to {folder}")
-    return 0
 
 
 if __name__ == "__main__":

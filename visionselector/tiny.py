@@ -1,13 +1,27 @@
-"""Tiny Qwen2.5-VL backbones and an offline processor, for tests, demos and benchmarks.
+"""Tiny Qwen-VL backbones of every supported family and offline processors, for tests, demos and benchmarks.
 
 Nothing here touches the network: the tokenizer is a word-level `tokenizers` model built in memory with the
-Qwen vision special tokens, and the image/video processors are the stock Qwen2-VL ones.
+Qwen vision special tokens, and the image/video processors are the stock ones of each family. The families, by
+stock `model_type`, are `FAMILIES`; `tiny_model(family)` and `tiny_processor(family=...)` build any of them.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
+)
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+# Special token ids of `tiny_tokenizer`, the same in every family's tiny config.
+TOKEN_IDS = dict(image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4)
 
 # Qwen chat template, reduced to what the tiny tokenizer can spell.
 CHAT_TEMPLATE = (
@@ -30,6 +44,28 @@ DEFAULT_WORDS = (
 ).split()
 
 
+# Width of every attention head of the tiny models, text and vision.
+HEAD_DIM = 8
+
+
+def _text_config(hidden_size: int, vocab_size: int, num_hidden_layers: int, **extra) -> dict:
+    """Text settings shared by every family; `extra` adds or overrides family fields."""
+    shared = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=hidden_size // HEAD_DIM,
+        num_key_value_heads=max(1, hidden_size // (2 * HEAD_DIM)),
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return {**shared, **extra}
+
+
 def tiny_qwen2_5_vl_config(
     text_hidden_size: int = 32,
     vision_hidden_size: int = 32,
@@ -42,25 +78,11 @@ def tiny_qwen2_5_vl_config(
 
     Special token ids match `tiny_tokenizer`: pad 0, bos 1, eos 2, vision start/end 3/4, image/video pad 5/6.
     """
-    head_dim = 8
-    text_config = dict(
-        vocab_size=vocab_size,
-        hidden_size=text_hidden_size,
-        intermediate_size=2 * text_hidden_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=text_hidden_size // head_dim,
-        num_key_value_heads=max(1, text_hidden_size // (2 * head_dim)),
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
     vision_config = dict(
         depth=vision_depth,
         hidden_size=vision_hidden_size,
         intermediate_size=2 * vision_hidden_size,
-        num_heads=vision_hidden_size // head_dim,
+        num_heads=vision_hidden_size // HEAD_DIM,
         out_hidden_size=text_hidden_size,
         patch_size=14,
         spatial_merge_size=2,
@@ -69,25 +91,91 @@ def tiny_qwen2_5_vl_config(
         fullatt_block_indexes=[vision_depth - 1],
         tokens_per_second=2,
     )
-    config = Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=5,
-        video_token_id=6,
-        vision_start_token_id=3,
-        vision_end_token_id=4,
-        **overrides,
+    text_config = _text_config(text_hidden_size, vocab_size, num_hidden_layers)
+    return Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **TOKEN_IDS, **overrides)
+
+
+def tiny_qwen2_vl_config(
+    text_hidden_size: int = 32,
+    vision_hidden_size: int = 32,
+    vocab_size: int = 128,
+    num_hidden_layers: int = 2,
+    vision_depth: int = 2,
+    **overrides,
+) -> Qwen2VLConfig:
+    """A Qwen2-VL config at toy width (patch 14, 2 x 2 merge, full vision attention, no `second_per_grid_ts`)."""
+    vision_config = dict(
+        depth=vision_depth,
+        embed_dim=vision_hidden_size,
+        hidden_size=text_hidden_size,
+        mlp_ratio=2,
+        num_heads=vision_hidden_size // HEAD_DIM,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
     )
-    return config
+    text_config = _text_config(text_hidden_size, vocab_size, num_hidden_layers)
+    return Qwen2VLConfig(text_config=text_config, vision_config=vision_config, **TOKEN_IDS, **overrides)
+
+
+def tiny_qwen3_vl_config(
+    text_hidden_size: int = 32,
+    vision_hidden_size: int = 32,
+    vocab_size: int = 128,
+    num_hidden_layers: int = 2,
+    vision_depth: int = 2,
+    moe: bool = False,
+    **overrides,
+) -> Qwen3VLConfig | Qwen3VLMoeConfig:
+    """A Qwen3-VL (with `moe`, Qwen3-VL-MoE: 4 experts, 2 per token) config at toy width: patch 16, interleaved
+    mRoPE, and deepstack features taken after every vision block and added after the first decoder layers."""
+    vision_config = dict(
+        depth=vision_depth,
+        hidden_size=vision_hidden_size,
+        intermediate_size=2 * vision_hidden_size,
+        num_heads=vision_hidden_size // HEAD_DIM,
+        out_hidden_size=text_hidden_size,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=64,  # an 8 x 8 grid of learned positions, interpolated to each image
+        deepstack_visual_indexes=list(range(vision_depth)),
+    )
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2], "mrope_interleaved": True}
+    experts = dict(moe_intermediate_size=text_hidden_size, num_experts=4, num_experts_per_tok=2) if moe else {}
+    text_config = _text_config(
+        text_hidden_size, vocab_size, num_hidden_layers, head_dim=HEAD_DIM, rope_parameters=rope, **experts
+    )
+    config_class = Qwen3VLMoeConfig if moe else Qwen3VLConfig
+    return config_class(text_config=text_config, vision_config=vision_config, **TOKEN_IDS, **overrides)
+
+
+_FAMILY_BUILDERS = {
+    "qwen2_vl": (tiny_qwen2_vl_config, Qwen2VLForConditionalGeneration),
+    "qwen2_5_vl": (tiny_qwen2_5_vl_config, Qwen2_5_VLForConditionalGeneration),
+    "qwen3_vl": (tiny_qwen3_vl_config, Qwen3VLForConditionalGeneration),
+    "qwen3_vl_moe": (lambda **kwargs: tiny_qwen3_vl_config(moe=True, **kwargs), Qwen3VLMoeForConditionalGeneration),
+}
+
+
+def tiny_config(family: str = "qwen2_5_vl", **config_kwargs):
+    """A toy-width config of `family` (one of `FAMILIES`), its token ids matching `tiny_tokenizer`."""
+    if family not in _FAMILY_BUILDERS:
+        raise ValueError(f"Unknown family {family!r}; accepted: {list(FAMILIES)}.")
+    return _FAMILY_BUILDERS[family][0](**config_kwargs)
+
+
+def tiny_model(family: str = "qwen2_5_vl", seed: int = 0, attn_implementation: str = "sdpa", **config_kwargs):
+    """A random tiny stock model of `family` (one of `FAMILIES`) in eval mode."""
+    config = tiny_config(family, **config_kwargs)
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return _FAMILY_BUILDERS[family][1](config).eval()
 
 
 def tiny_qwen2_5_vl(seed: int = 0, attn_implementation: str = "sdpa", **config_kwargs):
     """A random tiny stock `Qwen2_5_VLForConditionalGeneration` in eval mode."""
-    torch.manual_seed(seed)
-    config = tiny_qwen2_5_vl_config(**config_kwargs)
-    config._attn_implementation = attn_implementation
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    return model.eval()
+    return tiny_model("qwen2_5_vl", seed=seed, attn_implementation=attn_implementation, **config_kwargs)
 
 
 def tiny_tokenizer(words=DEFAULT_WORDS, vocab_size: int = 128):
@@ -122,14 +210,30 @@ def tiny_tokenizer(words=DEFAULT_WORDS, vocab_size: int = 128):
     return tokenizer
 
 
-def tiny_processor(min_pixels: int = 56 * 56, max_pixels: int = 224 * 224, **tokenizer_kwargs):
-    """An offline `Qwen2_5_VLProcessor` (needs torchvision, as the stock one does)."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+def tiny_processor(min_pixels: int = 56 * 56, max_pixels: int = 224 * 224, family: str = "qwen2_5_vl", **tokenizer_kwargs):
+    """An offline processor of `family` (the stock processor class; video processors need torchvision)."""
+    from transformers import (
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
 
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown family {family!r}; accepted: {list(FAMILIES)}.")
     tokenizer = tiny_tokenizer(**tokenizer_kwargs)
+    if family.startswith("qwen3"):
+        # Qwen3-VL: 16 px patches; videos as given (no frame sampling), at 1 frame per second
+        size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        image_processor = Qwen2VLImageProcessor(patch_size=16, size=size)
+        video_processor = Qwen3VLVideoProcessor(size=size, do_sample_frames=False)
+        return Qwen3VLProcessor(image_processor, tokenizer, video_processor, chat_template=CHAT_TEMPLATE)
     image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
-    return Qwen2_5_VLProcessor(
+    processor_class = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
+    return processor_class(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,

@@ -1,6 +1,6 @@
-"""Shortening a padded batch to the tokens it keeps: the gather behind pruned prefill.
+"""Pruning a padded batch to the tokens it keeps: the gather behind pruned prefill.
 
-B is the batch size, L the original and L' the shortened sequence length.
+B is the batch size, L the original and L' the pruned sequence length.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def batch_padding_side(attention_mask: torch.Tensor | None) -> str:
     return "left"
 
 
-def compress_batch(
+def prune_batch(
     keep: torch.Tensor,
     attention_mask: torch.Tensor | None,
     sequences: dict[str, torch.Tensor],
