@@ -23,6 +23,13 @@ class VisionSelectorSFTConfig(SFTConfig):
         train_retention_ratio (`float`, *optional*, defaults to `0.2`):
             Share of each image's and video's merged visual tokens the differentiable top-k keeps in training, in
             (0, 1]. Written to the model's `config.train_retention_ratio`.
+        train_retention_ratio_min (`float`, *optional*):
+            When set, each optimisation step trains at a ratio drawn uniformly from
+            [`train_retention_ratio_min`, `train_retention_ratio`] (the same for every micro-batch and rank of the
+            step, drawn from `seed` and the step, so a resumed run draws the same ones). A fixed ratio only asks the
+            needed tokens to rank above that budget's threshold, in any order; a range asks the ranking to hold at
+            every budget in it, so the scorer also serves lower ratios. `None` (the default): always
+            `train_retention_ratio`.
         reg_weight_start (`float`, *optional*, defaults to `0.1`):
             Weight lambda of the mask regularisation at the first step, >= 0.
         reg_weight_end (`float`, *optional*, defaults to `2.0`):
@@ -83,6 +90,14 @@ class VisionSelectorSFTConfig(SFTConfig):
             "training, in (0, 1]."
         },
     )
+    train_retention_ratio_min: float | None = field(
+        default=None,
+        metadata={
+            "help": "When set, each step trains at a ratio drawn uniformly from [train_retention_ratio_min, "
+            "train_retention_ratio], so that the scorer's ranking holds at lower ratios too. Default: always "
+            "train_retention_ratio."
+        },
+    )
     reg_weight_start: float = field(
         default=0.1, metadata={"help": "Weight lambda of the mask regularisation BCE(soft, hard) at the first step."}
     )
@@ -104,6 +119,14 @@ class VisionSelectorSFTConfig(SFTConfig):
     def __post_init__(self):
         super().__post_init__()
         self.train_retention_ratio = validate_retention_ratio(self.train_retention_ratio, "train_retention_ratio")
+        if self.train_retention_ratio_min is not None:
+            low = validate_retention_ratio(self.train_retention_ratio_min, "train_retention_ratio_min")
+            if low > self.train_retention_ratio:
+                raise ValueError(
+                    f"`train_retention_ratio_min` must be in (0, train_retention_ratio = {self.train_retention_ratio}], "
+                    f"got {low}."
+                )
+            self.train_retention_ratio_min = low
         self.reg_weight_start = validate_reg_weight(self.reg_weight_start, "reg_weight_start")
         self.reg_weight_end = validate_reg_weight(self.reg_weight_end, "reg_weight_end")
         self.reg_weight_schedule = validate_reg_weight_schedule(self.reg_weight_schedule)
