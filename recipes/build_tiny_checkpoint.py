@@ -67,8 +67,37 @@ def accuracy(model, processor, samples, batch_size: int = 50, **forward_kwargs) 
     return answer_accuracy(model, batches, **forward_kwargs)
 
 
-def train_backbone(processor, steps: int, batch_size: int, lr: float, seed: int, log_every: int):
-    """Stage 1: all parameters of a random tiny Qwen2.5-VL, AdamW with warm-up and cosine decay."""
+def curriculum_other_shapes(step: int, steps: int, share: float) -> int | None:
+    """How many shapes besides the asked one stage 1 draws at `step`: 1 at first, one more every `share * steps / 4`
+    steps, all (`None`) from `share * steps` on; `share` 0 turns the curriculum off."""
+    if share <= 0 or step >= share * steps:
+        return None
+    return 1 + int((len(SHAPES) - 2) * step / (share * steps))
+
+
+def stage1_samples(step: int, batch_size: int, steps: int, curriculum: float, every_shape: bool):
+    """The training samples of stage-1 step `step` (seeds from 0 up, never reused)."""
+    others = curriculum_other_shapes(step, steps, curriculum)
+    if every_shape:
+        # each image asked about every shape: the same pixels with six answers, which only the shapes tell apart
+        images = batch_size // len(SHAPES)
+        return [
+            make_sample(seed_, shape=shape, other_shapes=None if others is None else len(SHAPES) - 1)
+            for seed_ in range(step * images, (step + 1) * images)
+            for shape in SHAPES
+        ]
+    return [
+        make_sample(seed_, shape=SHAPES[seed_ % len(SHAPES)], other_shapes=others)
+        for seed_ in range(step * batch_size, (step + 1) * batch_size)
+    ]
+
+
+def train_backbone(processor, steps: int, batch_size: int, lr: float, seed: int, log_every: int, curriculum: float = 0.0, every_shape: bool = False):
+    """Stage 1: all parameters of a random tiny Qwen2.5-VL, AdamW with warm-up and cosine decay.
+
+    With `curriculum` > 0, the first `curriculum` share of the steps shows fewer shapes per image (the asked one and
+    1, then 2, ... others; `curriculum_other_shapes`), which lets the model find the shape it is asked about before
+    the full clutter."""
     model = tiny_qwen2_5_vl(seed=seed, **BACKBONE).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -79,7 +108,7 @@ def train_backbone(processor, steps: int, batch_size: int, lr: float, seed: int,
     bar = tqdm(range(steps), desc="stage 1: backbone", unit="step")
     for step in bar:
         # training seeds: 0 .. steps * batch_size, each asked about squares, circles or triangles in turn
-        samples = [make_sample(seed_, shape=SHAPES[seed_ % len(SHAPES)]) for seed_ in range(step * batch_size, (step + 1) * batch_size)]
+        samples = stage1_samples(step, batch_size, steps, curriculum, every_shape)
         inputs, _ = task_inputs(processor, samples, with_answers=True)
         loss = model(**inputs).loss
         loss.backward()
@@ -95,31 +124,34 @@ def train_backbone(processor, steps: int, batch_size: int, lr: float, seed: int,
     return model.eval()
 
 
-def train_scorer(backbone, processor, steps: int, batch_size: int, lr: float | None, seed: int, work_dir: Path):
-    """Stage 2: a fresh scorer on the frozen backbone, with the project's trainer at retention 0.2.
+def train_scorer(backbone, processor, steps: int, batch_size: int, lr: float | None, seed: int, work_dir: Path, train_ratio: float):
+    """Stage 2: a fresh scorer on the frozen backbone, with the project's trainer at retention `train_ratio`.
 
-    Everything but the run length and the batch size is the default of `VisionSelectorConfig` (scorer
-    initialisation) and `VisionSelectorSFTConfig` (learning rate, warmup, schedule, lambda curriculum, answer-only
-    loss), unless `lr` is given.
+    Everything but the run length, the batch size and the train ratio is the default of `VisionSelectorConfig`
+    (scorer initialisation) and `VisionSelectorSFTConfig` (learning rate, warmup, schedule, lambda curriculum,
+    answer-only loss), unless `lr` is given. The task's answer needs exactly three tokens, so the ratio trained at
+    is the lowest one served: a scorer trained at 0.2 only learns to put the squares among its 12 best tokens, in
+    any order (`benchmarks/results/sweep_scorer.md`).
     """
     from visionselector_training import VisionSelectorSFTConfig, VisionSelectorSFTTrainer
 
     torch.manual_seed(seed)
     model = VisionSelectorForConditionalGeneration.from_backbone(
-        backbone, retention_ratio=0.2, train_retention_ratio=0.2, base_model_name_or_path=None
+        backbone, retention_ratio=0.2, train_retention_ratio=train_ratio, base_model_name_or_path=None
     )
     args = VisionSelectorSFTConfig(
         output_dir=str(work_dir / "scorer"),
         max_steps=steps,
         per_device_train_batch_size=batch_size,
         **({} if lr is None else {"learning_rate": lr}),
-        train_retention_ratio=0.2,
+        train_retention_ratio=train_ratio,
         logging_steps=max(1, steps // 10),
         save_strategy="no",
         report_to="none",
         seed=seed,
         data_seed=seed,
         use_cpu=True,
+        gradient_checkpointing=False,  # a tiny model has memory to spare; recomputing would cost a third of each step
         dataloader_num_workers=0,
         remove_unused_columns=False,  # the dataset stores seeds and draws the examples when read
     )
@@ -156,9 +188,14 @@ def main(argv=None) -> int:
         "package's current modeling code and config fields (weights unchanged)",
     )
     parser.add_argument("--backbone-steps", type=int, default=1500)
+    parser.add_argument("--backbone-lr", type=float, default=1e-3)
+    parser.add_argument("--backbone-curriculum", type=float, default=0.0, help="share of stage 1 with fewer shapes per image")
+    parser.add_argument("--every-shape", action="store_true", help="stage 1 asks each image about every shape")
     parser.add_argument("--scorer-steps", type=int, default=300)
     parser.add_argument("--scorer-lr", type=float, default=None, help="(default: VisionSelectorSFTConfig's)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--scorer-train-ratio", type=float, default=0.1, help="retention ratio of stage 2 (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="stage 1 batch size (default: %(default)s)")
+    parser.add_argument("--scorer-batch-size", type=int, default=16, help="stage 2 batch size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 1 is as fast as 2 on a shared machine and the default build used it (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -177,7 +214,7 @@ def main(argv=None) -> int:
     backbone_dir = args.work_dir / "backbone"
     start = time.time()
     if args.stage in ("all", "backbone"):
-        backbone = train_backbone(processor, args.backbone_steps, args.batch_size, 1e-3, args.seed, log_every=100)
+        backbone = train_backbone(processor, args.backbone_steps, args.batch_size, args.backbone_lr, args.seed, log_every=100, curriculum=args.backbone_curriculum, every_shape=args.every_shape)
         backbone.save_pretrained(backbone_dir)
         processor.save_pretrained(backbone_dir)
         print(f"stage 1 done in {time.time() - start:.0f} s: {backbone_dir}")
@@ -185,7 +222,9 @@ def main(argv=None) -> int:
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         backbone = Qwen2_5_VLForConditionalGeneration.from_pretrained(backbone_dir, attn_implementation="sdpa")
-        model = train_scorer(backbone, processor, args.scorer_steps, args.batch_size, args.scorer_lr, args.seed, args.work_dir)
+        model = train_scorer(
+            backbone, processor, args.scorer_steps, args.scorer_batch_size, args.scorer_lr, args.seed, args.work_dir, args.scorer_train_ratio
+        )
         validation = make_samples(200, seed=VALIDATION_SEED)
         for ratio in (1.0, 0.2, 0.1):
             scores = {}

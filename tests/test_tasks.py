@@ -87,6 +87,19 @@ def test_every_object_is_coloured_in_its_own_token_and_colour_alone_does_not_fin
     assert PER_SHAPE <= max(1, int(0.1 * 64)) < max(1, int(0.2 * 64)) < min(counts)
 
 
+def test_curriculum_images_hold_fewer_shapes_and_the_same_answer_kind():
+    for other_shapes in range(len(SHAPES)):
+        for seed in range(20):
+            sample = make_sample(seed, shape="circle", other_shapes=other_shapes)
+            cells = _coloured_cells(sample.image)
+            assert len(cells) == (1 + other_shapes) * PER_SHAPE  # the asked shape and `other_shapes` others
+            assert len(sample.answer.split()) == PER_SHAPE and set(sample.target_tokens) <= set(cells)
+    # the full image is the default, drawn exactly as without the argument
+    assert make_sample(7, other_shapes=None).answer == make_sample(7).answer
+    with pytest.raises(ValueError, match=r"other_shapes.*\[0, 5\].*6"):
+        make_sample(0, other_shapes=len(SHAPES))
+
+
 def test_random_tenth_of_tokens_almost_never_keeps_all_squares():
     rng = np.random.default_rng(0)
     hits = [set(sample.target_tokens) <= set(rng.choice(64, size=6, replace=False).tolist()) for sample in make_samples(300, seed=5_000)]

@@ -117,24 +117,34 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, left: int, top: int, side
         raise ValueError(f"Unknown shape {shape!r}; accepted: {SHAPES}.")
 
 
-def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE) -> Sample:
+def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE, other_shapes: int | None = None) -> Sample:
     """The sample of `seed`: a question about the `shape`s of an image of coloured shapes.
 
     On grey noise, `PER_SHAPE` shapes of each of `SHAPES` (the colours of one shape distinct, colours repeating
     across shapes), each in its own `CELL` x `CELL` px cell at a random offset, so that each object lies inside
     exactly one merged visual token. The image depends on `seed` only, not on `shape`.
+
+    `other_shapes` (0 to `len(SHAPES) - 1`) draws an easier image for a training curriculum: `shape` and that many
+    other shapes (drawn from the seed), `PER_SHAPE` of each. `None` (the default): all of `SHAPES`.
     """
     if size % CELL or size < 4 * CELL:
         raise ValueError(f"`size` must be a multiple of {CELL} px of at least {4 * CELL}, got {size}.")
     if shape not in SHAPES:
         raise ValueError(f"`shape` must be one of {SHAPES}, got {shape!r}.")
+    if other_shapes is not None and not 0 <= other_shapes < len(SHAPES):
+        raise ValueError(f"`other_shapes` must be in [0, {len(SHAPES) - 1}] or None, got {other_shapes}.")
     rng = np.random.default_rng(seed)
+    present = SHAPES
+    if other_shapes is not None:
+        others = [name for name in SHAPES if name != shape]
+        chosen = {others[int(i)] for i in rng.choice(len(others), size=other_shapes, replace=False)}
+        present = tuple(name for name in SHAPES if name == shape or name in chosen)
     background = rng.integers(100, 140, size=(size, size, 1), dtype=np.uint8).repeat(3, axis=2)
     image = Image.fromarray(background)
     draw = ImageDraw.Draw(image)
     names = list(COLOURS)
     # (shape, colour) of every object: distinct colours within each shape
-    objects = [(name, names[int(i)]) for name in SHAPES for i in rng.choice(len(names), size=PER_SHAPE, replace=False)]
+    objects = [(name, names[int(i)]) for name in present for i in rng.choice(len(names), size=PER_SHAPE, replace=False)]
     grid = size // CELL
     cells = rng.choice(grid * grid, size=len(objects), replace=False)
     boxes = {}
