@@ -1,18 +1,22 @@
 """Which scorer-training settings train well without tuning: a small sweep of seeds x learning rate x scorer init.
 
-Usage:
-    python benchmarks/sweep_scorer.py                      # the embedded checkpoint's backbone, the default grid
-    python benchmarks/sweep_scorer.py --lrs 1e-4,1e-3 --init-stds 1e-4 --seeds 0,1 --steps 150 --batch-size 8
-    python benchmarks/sweep_scorer.py --warmups 0.03,0.1 --reg-schedules linear,cosine --lrs 1e-3 --init-stds 1e-4
+Usage (the committed tables, `benchmarks/results/sweep_scorer*.md`, 2 jobs on 2 CPU cores: 20, 10 and 3 minutes):
+    python benchmarks/sweep_scorer.py --seeds 0,1 --train-ratios 0.1 --eval-samples 200 --jobs 2
+    python benchmarks/sweep_scorer.py --seeds 0,1 --lrs 3e-3 --init-stds 1e-4 --train-ratios 0.2,0.1 \
+        --reg-schedules linear,cosine --eval-samples 200 --jobs 2 --out benchmarks/results/sweep_scorer_schedule.json
+    python benchmarks/sweep_scorer.py --seeds 0,1 --lrs 3e-3 --init-stds 1e-4 --train-ratios 0.2 \
+        --train-ratio-mins 0.1 --eval-samples 200 --jobs 2 --out benchmarks/results/sweep_scorer_range.json
 
 Each run trains a fresh scorer on the frozen backbone of `--model` (a stock Qwen2.5-VL folder, or a VisionSelector
-folder whose own scorer is dropped) with `VisionSelectorSFTTrainer` and `VisionSelectorSFTConfig`'s defaults, except for the swept fields
-(learning rate, `scorer_init_std`, warmup, lambda schedule), on the squares question of `visionselector.tasks`
-(seeds from 500000, as the recipe's stage 2), at the trainer's default train retention 0.2. It then scores the
-learned selection on `--eval-samples` validation samples (seeds from `VALIDATION_SEED`: never trained on, and not
-the held-out seeds of the quality benchmark) at r = 0.1 and 0.2 (`tasks.answer_accuracy`, whole answers). Also
-recorded: the mask sharpness (1 - mean binary entropy of the soft mask) logged at the end of the first fifth of the
-run and at its end, which shows runs whose mask saturated early.
+folder whose own scorer is dropped; default: the embedded checkpoint) with `VisionSelectorSFTTrainer` and
+`VisionSelectorSFTConfig`'s defaults, except for the swept fields (`--lrs`, `--init-stds`, `--warmups`,
+`--reg-starts`, `--reg-ends`, `--reg-schedules`, `--train-ratios`, `--train-ratio-mins`; `default` leaves a field
+at its default), on the squares question of `visionselector.tasks` (seeds from 500000, as the recipe's stage 2),
+without gradient checkpointing. It then scores the learned selection on `--eval-samples` validation samples (seeds
+from `VALIDATION_SEED`: never trained on, and not the held-out seeds of the quality benchmark) at r = 0.1 and 0.2
+(`tasks.answer_accuracy`, whole answers), beside every training-free selector on the same samples. Also recorded:
+the mask sharpness (1 - mean binary entropy of the soft mask) logged at the end of the first fifth of the run and
+at its end, which shows runs whose mask saturated early (the trainer warns above 0.95).
 
 Prints a markdown table (mean and min over seeds per setting, best mean at r = 0.1 in bold) and writes it with the
 per-run JSON under `benchmarks/results/` (`--out`).
@@ -46,7 +50,7 @@ SCORER_TRAIN_SEED = 500_000  # the recipe's stage-2 seeds
 EVAL_RATIOS = (0.2, 0.1)
 # Sweep axes: name -> (config field, which config, type, default values on the command line).
 AXES = {
-    "lr": ("learning_rate", "trainer", float, "5e-5,3e-4,1e-3,3e-3"),
+    "lr": ("learning_rate", "trainer", float, "5e-5,3e-4,1e-3,3e-3,1e-2"),
     "init_std": ("scorer_init_std", "model", float, "1e-4,0.02"),
     "warmup": ("warmup_steps", "trainer", float, "default"),
     "reg_start": ("reg_weight_start", "trainer", float, "default"),

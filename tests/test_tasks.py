@@ -9,7 +9,8 @@ from visionselector.tasks import (
     CELL,
     COLOURS,
     IMAGE_SIZE,
-    PER_SHAPE,
+    COUNTS,
+    OTHERS,
     QUESTION,
     SHAPES,
     WORDS,
@@ -60,7 +61,7 @@ def test_answer_is_the_squares_colours_in_rainbow_order_each_square_in_one_token
     rainbow = list(COLOURS)
     for sample in make_samples(50, seed=123):
         colours = sample.answer.split()
-        assert len(colours) == len(set(colours)) == PER_SHAPE == len(sample.boxes)
+        assert len(colours) == len(set(colours)) == COUNTS["square"] == len(sample.boxes)
         assert colours == sorted(colours, key=rainbow.index)
         assert sample.image.size == (IMAGE_SIZE, IMAGE_SIZE) and sample.image.mode == "RGB"
         for colour, box in zip(colours, sample.boxes):
@@ -68,7 +69,7 @@ def test_answer_is_the_squares_colours_in_rainbow_order_each_square_in_one_token
             assert 0 <= left < right <= IMAGE_SIZE and 0 <= top < bottom <= IMAGE_SIZE
             assert (np.asarray(sample.image)[top:bottom, left:right] == np.array(COLOURS[colour], dtype=np.uint8)).all()
             assert len(tokens_covered(box)) == 1  # snapped into one merged token
-        assert len(sample.target_tokens) == PER_SHAPE
+        assert len(sample.target_tokens) == COUNTS["square"]
 
 
 def test_every_object_is_coloured_in_its_own_token_and_colour_alone_does_not_find_the_squares():
@@ -81,28 +82,18 @@ def test_every_object_is_coloured_in_its_own_token_and_colour_alone_does_not_fin
         assert squares <= set(cells)
         # a square's colour is also on another shape in most images
         shared += any(cells[token] & set().union(*(cells[c] for c in cells if c not in squares)) for token in squares)
-    assert set(counts) == {len(SHAPES) * PER_SHAPE}
+    asked = sum(COUNTS.values())
+    assert set(counts) == set(range(asked + OTHERS[0], asked + OTHERS[1] + 1))  # 13-15 objects
     assert shared >= 90
-    # retention 0.1 keeps 6 of the 64 tokens and 0.2 keeps 12: room for the 3 squares, not for the 18 objects
-    assert PER_SHAPE <= max(1, int(0.1 * 64)) < max(1, int(0.2 * 64)) < min(counts)
-
-
-def test_curriculum_images_hold_fewer_shapes_and_the_same_answer_kind():
-    for other_shapes in range(len(SHAPES)):
-        for seed in range(20):
-            sample = make_sample(seed, shape="circle", other_shapes=other_shapes)
-            cells = _coloured_cells(sample.image)
-            assert len(cells) == (1 + other_shapes) * PER_SHAPE  # the asked shape and `other_shapes` others
-            assert len(sample.answer.split()) == PER_SHAPE and set(sample.target_tokens) <= set(cells)
-    # the full image is the default, drawn exactly as without the argument
-    assert make_sample(7, other_shapes=None).answer == make_sample(7).answer
-    with pytest.raises(ValueError, match=r"other_shapes.*\[0, 5\].*6"):
-        make_sample(0, other_shapes=len(SHAPES))
+    # retention 0.1 keeps 4 of the 49 tokens and 0.2 keeps 9: room for the 3 squares, not for the 13-15 objects
+    tokens = (IMAGE_SIZE // CELL) ** 2
+    assert COUNTS["square"] <= max(1, int(0.1 * tokens)) < max(1, int(0.2 * tokens)) < min(counts)
 
 
 def test_random_tenth_of_tokens_almost_never_keeps_all_squares():
     rng = np.random.default_rng(0)
-    hits = [set(sample.target_tokens) <= set(rng.choice(64, size=6, replace=False).tolist()) for sample in make_samples(300, seed=5_000)]
+    tokens = (IMAGE_SIZE // CELL) ** 2
+    hits = [set(sample.target_tokens) <= set(rng.choice(tokens, size=4, replace=False).tolist()) for sample in make_samples(300, seed=5_000)]
     assert np.mean(hits) < 0.01
 
 
@@ -115,8 +106,8 @@ def test_answers_are_balanced():
 
 def test_tokens_covered_in_raster_order():
     assert tokens_covered((0, 0, 28, 28)) == [0]
-    assert tokens_covered((20, 20, 36, 36)) == [0, 1, 8, 9]
-    assert tokens_covered((200, 200, 224, 224)) == [63]
+    assert tokens_covered((20, 20, 36, 36)) == [0, 1, 7, 8]
+    assert tokens_covered((168, 168, 196, 196)) == [48]
 
 
 def test_bad_arguments_are_rejected():
@@ -138,8 +129,8 @@ def test_words_are_in_the_tiny_tokenizer(task_processor):
 def test_task_inputs_prompt_only(task_processor):
     samples = make_samples(3, seed=11)
     inputs, answer_ids = task_inputs(task_processor, samples)
-    assert inputs["image_grid_thw"].tolist() == [[1, 16, 16]] * 3  # 64 merged tokens each
-    assert int((inputs["input_ids"] == 5).sum()) == 3 * 64
+    assert inputs["image_grid_thw"].tolist() == [[1, 14, 14]] * 3  # 49 merged tokens each
+    assert int((inputs["input_ids"] == 5).sum()) == 3 * 49
     tokens = [task_processor.tokenizer.convert_ids_to_tokens(row) for row in answer_ids.tolist()]
     assert tokens == [s.answer.split() + ["<|im_end|>"] for s in samples]
     assert "labels" not in inputs
@@ -151,7 +142,7 @@ def test_task_inputs_labels_only_on_the_answer(task_processor):
     inputs, answer_ids = task_inputs(task_processor, samples, with_answers=True)
     labels = inputs["labels"]
     width = answer_ids.shape[1]
-    assert width == PER_SHAPE + 1
+    assert width == COUNTS["square"] + 1
     assert (labels[:, :-width] == -100).all()
     assert torch.equal(labels[:, -width:], answer_ids)
     assert (labels[:, -1] == task_processor.tokenizer.eos_token_id).all()

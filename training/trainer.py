@@ -336,9 +336,11 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             if self.accelerator.is_main_process:
                 warnings.warn(
                     f"The soft top-k mask saturated early: mask_sharpness {sharpness:.3f} > {SATURATED_SHARPNESS} at "
-                    f"step {step} of {total}. The selection locks in before the scorer has learned which tokens "
-                    f"matter, and training then rarely recovers; the likely cause is a learning rate too high "
-                    f"(learning_rate={self.args.learning_rate:g}). Lower it (e.g. 10x) or lengthen the warmup.",
+                    f"step {step} of {total}. The selection is locking in; if that happens before the scorer has "
+                    f"learned which tokens matter, training rarely recovers and held-out quality stays near random "
+                    f"selection. The likely cause is a learning rate too high (learning_rate="
+                    f"{self.args.learning_rate:g}): check the selection on held-out data, and compare a run at a "
+                    f"lower rate (e.g. 10x) or with a longer warmup.",
                     stacklevel=2,
                 )
 

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="answer a prompt about images with pruned visual tokens",
         description="Runs a VisionSelector model on images and a prompt, keeping a share of each image's visual tokens.",
-        epilog="example: visionselector generate --image square.png --prompt 'what is the colour of the square' --retention-ratio 0.2",
+        epilog="example: visionselector generate --image shapes.png --prompt 'what colours are the squares' --retention-ratio 0.1",
     )
     generate.add_argument(
         "--model",

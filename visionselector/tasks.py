@@ -1,21 +1,21 @@
 """A synthetic visual question-answering task whose answer needs several objects, more distinct objects than the
 retention budget keeps, and no outlier to find them by.
 
-"what colours are the squares": three small squares, each in its own colour, lie among three circles, triangles,
-diamonds, crosses and rings, every shape coloured (colours repeat across shapes, so colour alone does not find the
-squares). The answer lists the squares' three colours in rainbow order ("red yellow blue"), so it is right only
-when all three squares reach the language model.
+"what colours are the squares": three small squares, each in its own colour, lie among four circles, four
+triangles and two to four diamonds and crosses, every shape coloured (colours repeat across shapes, so colour alone
+does not find the squares). The answer lists the squares' three colours in rainbow order ("red yellow blue"), so it
+is right only when all three squares reach the language model.
 
-Every shape is drawn inside one cell of the 8 x 8 grid of merged 28 x 28 px visual tokens (the processor's
-224 x 224 px), so each object is exactly one token: the three squares fit in what retention 0.1 keeps (6 of 64
-tokens), but the 18 coloured objects do not fit even in what retention 0.2 keeps (12). A selector that spreads the
-budget over distinct tokens (`divprune`), or keeps the strongest ones (`norm`, `dart`: the squares are the
+Every shape is drawn inside one cell of the 7 x 7 grid of merged 28 x 28 px visual tokens (the processor's
+196 x 196 px), so each object is exactly one token: the three squares fit in what retention 0.1 keeps (4 of 49
+tokens), but the 13-15 coloured objects do not fit even in what retention 0.2 keeps (9). A selector that spreads
+the budget over distinct tokens (`divprune`), or keeps the strongest ones (`norm`, `dart`: the squares are the
 smallest shapes), spends it on the other shapes; only a selector that knows which tokens the question needs keeps
 all three squares.
 
-The same images can be asked about any of the six shapes (`make_sample(seed, shape="circle")`); the embedded
-checkpoint's backbone learnt all six questions, so its visual features single out no one shape, as a general
-model's would not. The demo, the benchmarks and the scorer ask about squares.
+The same images can be asked about the circles and the triangles too (`make_sample(seed, shape="circle")`); the
+embedded checkpoint's backbone learnt all three questions, so its visual features single out no one shape, as a
+general model's would not. The demo, the benchmarks and the scorer ask about squares.
 
 Everything is seeded: `make_samples(n, seed)` gives the same samples on every machine, so anyone can make
 held-out data (the embedded checkpoint was trained on seeds below `HELD_OUT_SEED`).
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-IMAGE_SIZE = 224
+IMAGE_SIZE = 196
 # Side in px of one merged visual token (14 px patches, 2 x 2 merged) and of one cell of the grid shapes sit in.
 CELL = 28
 # Colours, as RGB, in rainbow order: the order answers list them in. All far from grey and from each other.
@@ -42,12 +42,15 @@ COLOURS = {
     "blue": (40, 60, 230),
     "purple": (150, 40, 190),
 }
-# The shapes of every image, `PER_SHAPE` of each in distinct colours, and their names in questions.
-SHAPES = ("square", "circle", "triangle", "diamond", "cross", "ring")
-PLURALS = {"square": "squares", "circle": "circles", "triangle": "triangles", "diamond": "diamonds", "cross": "crosses", "ring": "rings"}
-PER_SHAPE = 3
+# The shapes questions ask about, how many of each every image holds (in distinct colours), and their names in
+# questions; then the shapes that are only distractors, `OTHERS[0]` to `OTHERS[1]` of them per image, any colours.
+COUNTS = {"square": 3, "circle": 4, "triangle": 4}
+SHAPES = tuple(COUNTS)
+PLURALS = {"square": "squares", "circle": "circles", "triangle": "triangles"}
+OTHER_SHAPES = ("diamond", "cross")
+OTHERS = (2, 4)
 # Side in px of each shape (inclusive range); the squares are the smallest, so they are not the strongest tokens.
-SIDES = {"square": (14, 17), "circle": (20, 24), "triangle": (22, 26), "diamond": (22, 26), "cross": (20, 24), "ring": (20, 24)}
+SIDES = {"square": (14, 17), "circle": (20, 24), "triangle": (22, 26), "diamond": (22, 26), "cross": (20, 24)}
 
 
 def question(shape: str = "square") -> str:
@@ -111,40 +114,31 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, left: int, top: int, side
         arm = side // 3
         draw.rectangle((left + arm, top, right - arm, bottom), fill=fill)
         draw.rectangle((left, top + arm, right, bottom - arm), fill=fill)
-    elif shape == "ring":  # a circle's outline, a fifth of the side thick
-        draw.ellipse((left, top, right, bottom), outline=fill, width=side // 5)
     else:
-        raise ValueError(f"Unknown shape {shape!r}; accepted: {SHAPES}.")
+        raise ValueError(f"Unknown shape {shape!r}; accepted: {SHAPES + OTHER_SHAPES}.")
 
 
-def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE, other_shapes: int | None = None) -> Sample:
+def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE) -> Sample:
     """The sample of `seed`: a question about the `shape`s of an image of coloured shapes.
 
-    On grey noise, `PER_SHAPE` shapes of each of `SHAPES` (the colours of one shape distinct, colours repeating
-    across shapes), each in its own `CELL` x `CELL` px cell at a random offset, so that each object lies inside
-    exactly one merged visual token. The image depends on `seed` only, not on `shape`.
-
-    `other_shapes` (0 to `len(SHAPES) - 1`) draws an easier image for a training curriculum: `shape` and that many
-    other shapes (drawn from the seed), `PER_SHAPE` of each. `None` (the default): all of `SHAPES`.
+    On grey noise, `COUNTS[name]` shapes of each of `SHAPES` (the colours of one shape distinct, colours repeating
+    across shapes) and `OTHERS[0]` to `OTHERS[1]` distractors of `OTHER_SHAPES` (any colours), each in its own
+    `CELL` x `CELL` px cell at a random offset, so that each object lies inside exactly one merged visual token. The
+    image depends on `seed` only, not on `shape`.
     """
-    if size % CELL or size < 4 * CELL:
-        raise ValueError(f"`size` must be a multiple of {CELL} px of at least {4 * CELL}, got {size}.")
+    if size % CELL or size < 5 * CELL:
+        raise ValueError(f"`size` must be a multiple of {CELL} px of at least {5 * CELL}, got {size}.")
     if shape not in SHAPES:
         raise ValueError(f"`shape` must be one of {SHAPES}, got {shape!r}.")
-    if other_shapes is not None and not 0 <= other_shapes < len(SHAPES):
-        raise ValueError(f"`other_shapes` must be in [0, {len(SHAPES) - 1}] or None, got {other_shapes}.")
     rng = np.random.default_rng(seed)
-    present = SHAPES
-    if other_shapes is not None:
-        others = [name for name in SHAPES if name != shape]
-        chosen = {others[int(i)] for i in rng.choice(len(others), size=other_shapes, replace=False)}
-        present = tuple(name for name in SHAPES if name == shape or name in chosen)
     background = rng.integers(100, 140, size=(size, size, 1), dtype=np.uint8).repeat(3, axis=2)
     image = Image.fromarray(background)
     draw = ImageDraw.Draw(image)
     names = list(COLOURS)
-    # (shape, colour) of every object: distinct colours within each shape
-    objects = [(name, names[int(i)]) for name in present for i in rng.choice(len(names), size=PER_SHAPE, replace=False)]
+    # (shape, colour) of every object: distinct colours within each asked-about shape, any for the distractors
+    objects = [(name, names[int(i)]) for name, count in COUNTS.items() for i in rng.choice(len(names), size=count, replace=False)]
+    others = int(rng.integers(OTHERS[0], OTHERS[1] + 1))
+    objects += [(OTHER_SHAPES[int(rng.integers(len(OTHER_SHAPES)))], names[int(rng.integers(len(names)))]) for _ in range(others)]
     grid = size // CELL
     cells = rng.choice(grid * grid, size=len(objects), replace=False)
     boxes = {}
@@ -275,7 +269,9 @@ __all__ = [
     "COLOURS",
     "HELD_OUT_SEED",
     "IMAGE_SIZE",
-    "PER_SHAPE",
+    "COUNTS",
+    "OTHERS",
+    "OTHER_SHAPES",
     "PLURALS",
     "QUESTION",
     "SHAPES",
