@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visionselector.cli import EMBEDDED_CHECKPOINT, main
+from visionselector.cli import EMBEDDED_CHECKPOINT, TRAINING_FREE, main
 from visionselector.tasks import HELD_OUT_SEED, answer_accuracy, make_sample, make_samples, task_inputs
 
 # Fresh held-out samples: the recipe never saw them, and the demo uses the first 100 held-out seeds.
@@ -32,7 +32,7 @@ def embedded():
 def held_out_batches(embedded):
     _, processor = embedded
     samples = make_samples(200, seed=TEST_SEED)
-    return [task_inputs(processor, samples[i : i + 50]) for i in range(0, 200, 50)]
+    return [task_inputs(processor, samples[i : i + 50], with_answers=True) for i in range(0, 200, 50)]
 
 
 def _accuracy(model, batches, ratio, selector="learned"):
@@ -46,7 +46,7 @@ def test_checkpoint_is_small_and_loads_through_remote_code(embedded):
     assert type(model).__name__ == "VisionSelectorForConditionalGeneration"
     size = sum(path.stat().st_size for path in EMBEDDED_CHECKPOINT.iterdir())
     assert size < 5 * 2**20
-    assert processor.image_processor.size["shortest_edge"] == processor.image_processor.size["longest_edge"] == 224 * 224
+    assert processor.image_processor.size["shortest_edge"] == processor.image_processor.size["longest_edge"] == 196 * 196
     assert model.config.retention_ratio == pytest.approx(0.2)
 
 
@@ -69,11 +69,30 @@ def test_accurate_with_all_tokens_and_at_training_ratio(embedded, held_out_batch
     assert _accuracy(model, held_out_batches, 0.2) >= 0.9
 
 
-def test_learned_scorer_beats_random_selection_at_a_tenth(embedded, held_out_batches):
+def test_learned_scorer_beats_every_training_free_selector_at_a_tenth(embedded, held_out_batches):
+    # The task's answer needs all three squares, and 4 kept tokens of 49 hold them but not the 13-15 coloured
+    # objects: diversity, norm and attention-free rules spend the budget on distractors. The backbone itself answers
+    # about 90% from the three squares and one more token (an oracle selection), so the learned scorer cannot reach
+    # the 98% of all tokens here; measured on these samples: learned 85.5%, every training-free selector <= 5%.
     model, _ = embedded
     learned = _accuracy(model, held_out_batches, 0.1, "learned")
-    random = _accuracy(model, held_out_batches, 0.1, "random")
-    assert learned > random + 0.2, (learned, random)
+    training_free = {name: _accuracy(model, held_out_batches, 0.1, name) for name in TRAINING_FREE}
+    assert learned >= 0.8, learned
+    assert learned >= max(training_free.values()) + 0.5, (learned, training_free)
+
+
+def test_whole_answer_accuracy_by_generation_equals_teacher_forcing(embedded):
+    # Teacher forcing counts a sample when the argmax at every answer position is right; greedy generation must
+    # then write exactly the answer. Both ways must count the same samples, right and wrong ones alike.
+    model, processor = embedded
+    samples = make_samples(50, seed=TEST_SEED + 1_000)
+    forced = [task_inputs(processor, samples, with_answers=True)]
+    prompts = [task_inputs(processor, samples)]
+    counts = {}
+    for selector, ratio in (("learned", 0.1), ("divprune", 0.2)):
+        counts[selector] = answer_accuracy(model, forced, retention_ratio=ratio, selector=selector)
+        assert answer_accuracy(model, prompts, retention_ratio=ratio, selector=selector) == counts[selector]
+    assert 0.0 < counts["divprune"] < 1.0 and counts["learned"] > 0.5, counts  # right and wrong answers both checked
 
 
 # ---------------------------------------------------------------------- the command, in a subprocess
@@ -101,24 +120,25 @@ def test_demo_command_prints_the_table_and_writes_a_png(tmp_path):
     result = _run(["demo", "--samples", "20", "--batch-size", "20", "--out", "demo.png"], tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert any("accuracy learned" in line and "accuracy random" in line for line in lines)
+    assert any("accuracy learned" in line and "best training-free" in line and "accuracy random" in line for line in lines)
     rows = [line.split() for line in lines if line.strip().split(" ")[0] in {"1.0", "0.5", "0.3", "0.2", "0.1"}]
     assert [row[0] for row in rows] == ["1.0", "0.5", "0.3", "0.2", "0.1"]
-    assert [row[1] for row in rows] == ["64", "32", "19", "12", "6"]
+    assert [row[1] for row in rows] == ["49", "24", "14", "9", "4"]  # of the 7 x 7 merged tokens
+    assert all(row[6] in TRAINING_FREE for row in rows)  # the name of the best training-free selector
     _assert_png(tmp_path / "demo.png")
 
 
 def test_generate_command_answers_and_shows_kept_tokens(tmp_path):
     sample = make_sample(TEST_SEED + 500)
-    sample.image.save(tmp_path / "square.png")
+    sample.image.save(tmp_path / "squares.png")
     result = _run(
-        ["generate", "--image", "square.png", "--prompt", sample.question, "--retention-ratio", "0.2",
-         "--max-new-tokens", "2", "--show-kept", "kept.png"],
+        ["generate", "--image", "squares.png", "--prompt", sample.question, "--retention-ratio", "0.2",
+         "--max-new-tokens", "4", "--show-kept", "kept.png"],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [sample.answer]
-    assert "kept 12 of 64 visual tokens" in result.stderr
+    assert result.stdout.split() == sample.answer.split()
+    assert "kept 9 of 49 visual tokens" in result.stderr
     _assert_png(tmp_path / "kept.png")
 
 

@@ -84,9 +84,12 @@ def first_batch(trainer):
 # ---------------------------------------------------------------- config
 
 
-def test_config_defaults_follow_the_paper(tmp_path):
+def test_config_defaults_follow_the_sweep_and_the_paper(tmp_path):
     args = make_args(tmp_path)
-    assert args.learning_rate == 5e-5
+    assert args.learning_rate == 3e-3  # benchmarks/results/sweep_scorer.md
+    with open(os.path.join(REPO, "training", "configs", "qwen2_5_vl_7b.yaml")) as file:
+        paper = yaml.safe_load(file)  # the paper's 7B settings stay available
+    assert (paper["learning_rate"], paper["train_retention_ratio"], paper["warmup_steps"]) == (5e-5, 0.2, 0.03)
     assert args.lr_scheduler_type == "cosine"
     assert args.warmup_steps == 0.03
     assert args.weight_decay == 0.0
@@ -97,8 +100,10 @@ def test_config_defaults_follow_the_paper(tmp_path):
         f.name for f in dataclasses.fields(VisionSelectorSFTConfig.__mro__[1])
     }
     assert own == {
-        "train_retention_ratio", "reg_weight_start", "reg_weight_end", "reg_weight_schedule", "save_scorer_only_checkpoints"
+        "train_retention_ratio", "train_retention_ratio_min", "reg_weight_start", "reg_weight_end", "reg_weight_schedule",
+        "save_scorer_only_checkpoints",
     }
+    assert args.train_retention_ratio_min is None
     assert args.assistant_only_loss is None  # on for `messages` datasets (TRL: off)
     overridden = {"learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_length", "assistant_only_loss"}
     for field in dataclasses.fields(VisionSelectorSFTConfig):
@@ -111,6 +116,8 @@ def test_config_defaults_follow_the_paper(tmp_path):
     [
         ({"train_retention_ratio": 0.0}, r"train_retention_ratio.*\(0, 1\].*0\.0"),
         ({"train_retention_ratio": 1.5}, r"train_retention_ratio.*\(0, 1\].*1\.5"),
+        ({"train_retention_ratio_min": 0.0}, r"train_retention_ratio_min.*\(0, 1\].*0\.0"),
+        ({"train_retention_ratio_min": 0.3}, r"train_retention_ratio_min.*\(0, train_retention_ratio = 0\.2\].*0\.3"),
         ({"reg_weight_start": -0.1}, r"reg_weight_start.*>= 0.*-0\.1"),
         ({"reg_weight_end": float("inf")}, r"reg_weight_end.*>= 0.*inf"),
         ({"reg_weight_schedule": "exp"}, r"reg_weight_schedule.*linear.*cosine.*'exp'"),
@@ -119,6 +126,37 @@ def test_config_defaults_follow_the_paper(tmp_path):
 def test_config_rejects_bad_values(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         make_args(tmp_path, **overrides)
+
+
+def test_training_ratio_range_is_drawn_per_step_and_reaches_the_model(tmp_path, dataset, monkeypatch):
+    trainer = make_trainer(tmp_path, dataset, train_retention_ratio=0.5, train_retention_ratio_min=0.1, max_steps=6)
+    seen = []
+    model, forward = trainer.model, trainer.model.forward
+
+    def recording_forward(*args, **kwargs):
+        output = forward(*args, **kwargs)
+        if model.training:
+            kept = [int(round(item.sum().item())) for item in torch.split(output.hard_mask, list(output.item_lengths))]
+            seen.append((trainer.state.global_step, kwargs["retention_ratio"], kept, list(output.item_lengths)))
+        return output
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    trainer.train()
+    ratios = [ratio for _, ratio, _, _ in seen]
+    assert len(seen) == 6 and all(0.1 <= ratio <= 0.5 for ratio in ratios)
+    assert len(set(ratios)) == 6  # a new draw every step
+    for _, ratio, kept, lengths in seen:  # the model keeps what the step's ratio says, not its config's
+        assert kept == [max(1, int(ratio * n)) for n in lengths]
+    logged = [entry["train_retention_ratio"] for entry in trainer.state.log_history if "train_retention_ratio" in entry]
+    assert logged == pytest.approx(ratios)
+    # the draw depends on the seed and the step only: a resumed run (or another rank) draws the same ratio
+    again = make_trainer(tmp_path, dataset, train_retention_ratio=0.5, train_retention_ratio_min=0.1, max_steps=6)
+    for step, ratio, _, _ in seen:
+        again.state.global_step = step
+        assert again.train_retention_ratio == ratio
+    other_seed = make_trainer(tmp_path, dataset, train_retention_ratio=0.5, train_retention_ratio_min=0.1, seed=1)
+    assert other_seed.train_retention_ratio != ratios[0]
+    assert make_trainer(tmp_path, dataset).train_retention_ratio == 0.2  # no range: the fixed ratio
 
 
 # ---------------------------------------------------------------- loss terms
@@ -308,6 +346,6 @@ def test_script_runs_from_the_folder(tmp_path):
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for option in ("--train_retention_ratio", "--reg_weight_start", "--reg_weight_end", "--reg_weight_schedule",
+    for option in ("--train_retention_ratio", "--train_retention_ratio_min", "--reg_weight_start", "--reg_weight_end", "--reg_weight_schedule",
                    "--model_name_or_path", "--dataset_name", "--config"):
         assert option in result.stdout

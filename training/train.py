@@ -4,9 +4,9 @@ Train the scorer of a VisionSelector on a Qwen2.5-VL backbone (everything else s
 `--model_name_or_path` is a stock Qwen2.5-VL (wrapped with a fresh scorer) or an existing VisionSelector (training
 continues from its scorer). `--dataset_name` is a local JSON/JSONL file in TRL's vision format, one example per row
 with `messages` and `images` (image paths, relative to the file or absolute), or a dataset on the Hub. Every field of
-`VisionSelectorSFTConfig` (TRL's `SFTConfig` plus `--train_retention_ratio`, `--reg_weight_start`,
-`--reg_weight_end`, `--reg_weight_schedule`, `--save_scorer_only_checkpoints`) is an option; a YAML file given with
-`--config` sets any of them, and the command line overrides it.
+`VisionSelectorSFTConfig` (TRL's `SFTConfig` plus `--train_retention_ratio`, `--train_retention_ratio_min`,
+`--reg_weight_start`, `--reg_weight_end`, `--reg_weight_schedule`, `--save_scorer_only_checkpoints`) is an option;
+a YAML file given with `--config` sets any of them, and the command line overrides it.
 
 # Tiny runs on CPU
 

@@ -85,7 +85,8 @@ class VisionSelectorSFTTrainer(SFTTrainer):
     micro-batches and all ranks, `num_items_in_batch`), as in TRL. Logged beside the loss: `ce_loss`, `reg_loss`,
     `reg_weight`, `mask_sharpness` (1 - mean binary entropy of the soft mask, 1 when binary), `mask_hard_distance`
     (mean |soft - hard|), `score_std` (mean over images/videos of the standard deviation of their tokens' scores),
-    `mean_token_accuracy` and `num_tokens`. A soft mask sharper than 0.95 in the first fifth of the run triggers one
+    `mean_token_accuracy` and `num_tokens` (and the step's `train_retention_ratio` when `args.train_retention_ratio_min`
+    sets a range to draw it from). A soft mask sharper than 0.95 in the first fifth of the run triggers one
     warning: the selection is locking in early, usually because the learning rate is too high.
 
     In evaluation the model runs as in inference (visual tokens pruned at `config.retention_ratio`): `eval_loss`,
@@ -217,6 +218,17 @@ class VisionSelectorSFTTrainer(SFTTrainer):
     # ------------------------------------------------------------------ loss
 
     @property
+    def train_retention_ratio(self) -> float:
+        """The retention ratio of the current step: `args.train_retention_ratio`, or a draw from the range."""
+        high, low = self.args.train_retention_ratio, self.args.train_retention_ratio_min
+        if low is None or low == high:
+            return high
+        # seeded by the run's seed and the step alone: every micro-batch and rank of a step, and a resumed run,
+        # draw the same ratio
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
+        return low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
+
+    @property
     def reg_weight(self) -> float:
         """The weight lambda of the mask regularisation at the current step."""
         progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
@@ -243,7 +255,13 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         # skip the scorer and its soft mask. In training the logits cover the whole sequence; in eval the pruned one,
         # and the model returns the labels pruned alike.
         training = self.model.training
-        outputs = model(**inputs, **({} if training or labels is None else {"labels": labels}))
+        if training:
+            extra = {"retention_ratio": self.train_retention_ratio}
+            if self.args.train_retention_ratio_min is not None:
+                self._log_metric(mode, "train_retention_ratio", extra["retention_ratio"])
+        else:
+            extra = {} if labels is None else {"labels": labels}
+        outputs = model(**inputs, **extra)
         if not training and labels is not None:
             labels = outputs.labels
 
@@ -318,9 +336,11 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             if self.accelerator.is_main_process:
                 warnings.warn(
                     f"The soft top-k mask saturated early: mask_sharpness {sharpness:.3f} > {SATURATED_SHARPNESS} at "
-                    f"step {step} of {total}. The selection locks in before the scorer has learned which tokens "
-                    f"matter, and training then rarely recovers; the likely cause is a learning rate too high "
-                    f"(learning_rate={self.args.learning_rate:g}). Lower it (e.g. 10x) or lengthen the warmup.",
+                    f"step {step} of {total}. The selection is locking in; if that happens before the scorer has "
+                    f"learned which tokens matter, training rarely recovers and held-out quality stays near random "
+                    f"selection. The likely cause is a learning rate too high (learning_rate="
+                    f"{self.args.learning_rate:g}): check the selection on held-out data, and compare a run at a "
+                    f"lower rate (e.g. 10x) or with a longer warmup.",
                     stacklevel=2,
                 )
 

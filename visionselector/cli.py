@@ -17,6 +17,8 @@ from pathlib import Path
 
 EMBEDDED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny-shapes"
 DEMO_RATIOS = (1.0, 0.5, 0.3, 0.2, 0.1)
+# The selectors that need no training, the learned scorer's rivals in the demo table.
+TRAINING_FREE = ("random", "uniform", "norm", "divprune", "dart")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
@@ -60,10 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="answer held-out questions with the embedded tiny checkpoint at several retention ratios",
         description=(
-            "Loads the embedded tiny checkpoint (a Qwen2.5-VL-architecture model trained on 'what is the colour of "
-            "the square', one small coloured square among coloured triangles and grey clutter), answers held-out "
-            "samples at retention 1.0, 0.5, 0.3, 0.2 and 0.1 with the learned scorer and with random selection, "
-            "prints accuracy, visual tokens kept and prefill time, and writes a PNG of the kept tokens."
+            "Loads the embedded tiny checkpoint (a Qwen2.5-VL-architecture model trained on 'what colours are the "
+            "squares', three small squares among circles, triangles, diamonds and crosses of the same colours), "
+            "answers held-out samples at retention 1.0, 0.5, 0.3, 0.2 and 0.1 with the learned scorer and with every "
+            "training-free selector, prints the accuracy of the learned scorer, of the best training-free selector "
+            "and of random selection, visual tokens kept and prefill time, and writes a PNG of the kept tokens."
         ),
     )
     demo.add_argument("--model", default=str(EMBEDDED_CHECKPOINT), help="a checkpoint trained on the task (default: the embedded one)")
@@ -76,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="answer a prompt about images with pruned visual tokens",
         description="Runs a VisionSelector model on images and a prompt, keeping a share of each image's visual tokens.",
-        epilog="example: visionselector generate --image square.png --prompt 'what is the colour of the square' --retention-ratio 0.2",
+        epilog="example: visionselector generate --image shapes.png --prompt 'what colours are the squares' --retention-ratio 0.1",
     )
     generate.add_argument(
         "--model",
@@ -232,19 +235,19 @@ class _StageTimer:
 
 
 def _accuracy(model, batches, ratio: float, selector: str, seed: int):
-    """Share of right answers and mean kept tokens per image over pre-built batches (greedy first token)."""
+    """Share of whole answers right (`tasks.answer_accuracy`) and mean kept tokens per image, over pre-built batches."""
     import torch
 
-    torch.manual_seed(seed)  # the random selector draws from torch's global generator
-    correct = count = 0
+    from visionselector.tasks import answer_accuracy
+
     kept = []
-    with torch.no_grad():
-        for inputs, answer_ids in batches:
-            output = model(**inputs, retention_ratio=ratio, selector=selector, logits_to_keep=1, use_cache=False)
-            correct += int((output.logits[:, -1].argmax(-1).cpu() == answer_ids).sum())
-            count += len(answer_ids)
-            kept += [len(k) for k in output.kept_indices]
-    return correct / count, sum(kept) / len(kept)
+    hook = model.register_forward_hook(lambda _, __, output: kept.extend(len(k) for k in output.kept_indices))
+    try:
+        torch.manual_seed(seed)  # the random selector draws from torch's global generator
+        accuracy = answer_accuracy(model, batches, retention_ratio=ratio, selector=selector, use_cache=False)
+    finally:
+        hook.remove()
+    return accuracy, sum(kept) / len(kept)
 
 
 def _prefill_times(model, inputs, ratios, repeats: int = 5) -> dict[float, tuple[float, float]]:
@@ -270,38 +273,46 @@ def _prefill_times(model, inputs, ratios, repeats: int = 5) -> dict[float, tuple
     return best
 
 
-def demo_figure(model, processor, sample, ratios=(0.5, 0.2, 0.1), seed: int = 0):
-    """Panels of one sample: the image, then the kept tokens of the learned scorer and of random selection per ratio."""
+def demo_figure(model, processor, sample, rival: str = "random", ratios=(0.5, 0.2, 0.1), seed: int = 0):
+    """Panels of one sample: the image, then per ratio the kept tokens and greedy answer of the learned scorer
+    (first row) and of the training-free selector `rival` (second row)."""
     import torch
 
     from visionselector.plotting import draw_kept_tokens, tile, with_caption
     from visionselector.tasks import task_inputs
 
-    inputs = task_inputs(processor, [sample])[0].to(model.device)
+    inputs, answer_ids = task_inputs(processor, [sample])
+    inputs = inputs.to(model.device)
     vision = model.config.vision_config
     draw = dict(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size)
     grid = inputs["image_grid_thw"][0].cpu()
-    panels = [with_caption(sample.image.resize(tuple(int(v) * vision.patch_size for v in grid[[2, 1]])), f"answer: {sample.answer}")]
+    caption = dict(height=28)
+    panels = [with_caption(sample.image.resize(tuple(int(v) * vision.patch_size for v in grid[[2, 1]])), f"{sample.question}\nanswer: {sample.answer}", **caption)]
     rows = []
-    for selector in ("learned", "random"):
+    for selector in ("learned", rival):
         row = []
         for ratio in ratios:
             torch.manual_seed(seed)
             with torch.no_grad():
-                output = model(**inputs, retention_ratio=ratio, selector=selector, logits_to_keep=1, use_cache=False)
-            said = processor.tokenizer.convert_ids_to_tokens(int(output.logits[0, -1].argmax()))
-            panel = draw_kept_tokens(sample.image, output.kept_indices[0].cpu(), grid, **draw)
+                output = model.generate(
+                    **inputs, retention_ratio=ratio, selector=selector, max_new_tokens=answer_ids.shape[1], do_sample=False
+                )
+            said = processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+            torch.manual_seed(seed)  # the same draw as in generate, for the random selector
+            kept = model.select_visual_tokens(inputs["pixel_values"], inputs["image_grid_thw"], retention_ratio=ratio, selector=selector).kept_indices[0]
+            panel = draw_kept_tokens(sample.image, kept.cpu(), grid, **draw)
             mark = "right" if said == sample.answer else "wrong"
-            row.append(with_caption(panel, f"{selector} {ratio:g}: {said} ({mark})"))
+            row.append(with_caption(panel, f"{selector}, r = {ratio:g}: {mark}\n{said}", **caption))
         rows.append(row)
-    blank = with_caption(sample.image.resize(panels[0].size).point(lambda _: 255), "dimmed: dropped; outlined: kept")
+    blank = with_caption(sample.image.resize(panels[0].size).point(lambda _: 255), "dimmed: dropped\noutlined: kept", **caption)
     return tile(panels + rows[0] + [blank] + rows[1], columns=len(ratios) + 1)
 
 
 def run_demo(args) -> int:
     import torch
 
-    from visionselector.tasks import HELD_OUT_SEED, make_samples, task_inputs
+    from modeling_visionselector.selectors import SELECTORS
+    from visionselector.tasks import HELD_OUT_SEED, QUESTION, make_samples, task_inputs
 
     if args.samples < 1 or args.batch_size < 1:
         raise CommandError("--samples and --batch-size must be >= 1.", EXIT_USAGE)
@@ -310,33 +321,41 @@ def run_demo(args) -> int:
     started = time.perf_counter()
     model, processor = load_model_and_processor(args.model, device="cpu")
     samples = make_samples(args.samples, seed=HELD_OUT_SEED)
-    batches = [task_inputs(processor, samples[i : i + args.batch_size]) for i in range(0, len(samples), args.batch_size)]
+    batches = [
+        task_inputs(processor, samples[i : i + args.batch_size], with_answers=True)
+        for i in range(0, len(samples), args.batch_size)
+    ]
     total_tokens = int(batches[0][0]["image_grid_thw"][0].prod()) // model.config.vision_config.spatial_merge_size**2
+    prompts = task_inputs(processor, samples[: args.batch_size])[0]  # the timed batch: prompts without answers
     with torch.no_grad():  # warm-up, so the first timed setting does not pay for it
-        model(**batches[0][0], logits_to_keep=1, use_cache=False)
+        model(**prompts, logits_to_keep=1, use_cache=False)
 
-    batch_size = len(batches[0][1])
-    times = _prefill_times(model, batches[0][0], DEMO_RATIOS)
+    batch_size = len(samples[: args.batch_size])
+    times = _prefill_times(model, prompts, DEMO_RATIOS)
     print(
-        f"{len(samples)} held-out samples of 'what is the colour of the square'. Times: ms per sample, batch of "
-        f"{batch_size}, best of 5; LLM prefill = the language model on the pruned prompt, forward = vision encoder "
-        "+ scorer + LLM prefill."
+        f"{len(samples)} held-out samples of '{QUESTION}' (the answer: the three colours in rainbow order, right only "
+        f"if all three are). Best training-free: the most accurate of {', '.join(TRAINING_FREE)} at that ratio. "
+        f"Times: ms per sample, batch of {batch_size}, best of 5; LLM prefill = the language model on the pruned "
+        "prompt, forward = vision encoder + scorer + LLM prefill."
     )
     header = (
-        f"{'retention':>9}  {'visual tokens kept':>18}  {'accuracy learned':>16}  {'accuracy random':>15}  "
-        f"{'LLM prefill ms':>14}  {'forward ms':>10}"
+        f"{'retention':>9}  {'visual tokens kept':>18}  {'accuracy learned':>16}  {'best training-free':>25}  "
+        f"{'accuracy random':>15}  {'LLM prefill ms':>14}  {'forward ms':>10}"
     )
     print(header)
     print("-" * len(header))
+    rivals = {}
     for ratio in DEMO_RATIOS:
         learned, kept = _accuracy(model, batches, ratio, "learned", args.seed)
-        random, _ = _accuracy(model, batches, ratio, "random", args.seed)
+        accuracy = {name: _accuracy(model, batches, ratio, name, args.seed)[0] for name in TRAINING_FREE if name in SELECTORS}
+        rival = max(accuracy, key=accuracy.get)
+        rivals[ratio] = rival
         language_model, total = (1000 * seconds / batch_size for seconds in times[ratio])
         print(
-            f"{ratio:>9.1f}  {f'{kept:.0f} / {total_tokens}':>18}  {learned:>16.1%}  {random:>15.1%}  "
-            f"{language_model:>14.2f}  {total:>10.2f}"
+            f"{ratio:>9.1f}  {f'{kept:.0f} / {total_tokens}':>18}  {learned:>16.1%}  "
+            f"{f'{accuracy[rival]:.1%} {rival}':>25}  {accuracy['random']:>15.1%}  {language_model:>14.2f}  {total:>10.2f}"
         )
-    figure = demo_figure(model, processor, samples[0], seed=args.seed)
+    figure = demo_figure(model, processor, samples[0], rival=rivals[min(DEMO_RATIOS)], seed=args.seed)
     _save_png(figure, args.out)
     print(f"wrote {args.out} (dimmed: dropped tokens; outlined: kept tokens) in {time.perf_counter() - started:.1f} s total")
     return EXIT_OK

@@ -1,12 +1,21 @@
-"""A synthetic visual question-answering task whose answer sits in a few visual tokens among look-alikes.
+"""A synthetic visual question-answering task whose answer needs several objects, more distinct objects than the
+retention budget keeps, and no outlier to find them by.
 
-"what is the colour of the square": one small coloured square lies at a random place among coloured triangles of
-the same size and many grey squares, circles and triangles. Every colour in the image is on exactly two shapes
-(the square's colour on the square and on one triangle, two to three other colours on two triangles each), so
-neither colour nor colour frequency gives the answer away: only the shape does. At the processor's 224 x 224 px
-(an 8 x 8 grid of merged 28 x 28 px tokens) the square covers one to four of the 64 merged tokens, so a model that
-keeps 10% of the tokens at random misses it most of the time, and a selector must know which coloured token is the
-square to keep the answer.
+"what colours are the squares": three small squares, each in its own colour, lie among four circles, four
+triangles and two to four diamonds and crosses, every shape coloured (colours repeat across shapes, so colour alone
+does not find the squares). The answer lists the squares' three colours in rainbow order ("red yellow blue"), so it
+is right only when all three squares reach the language model.
+
+Every shape is drawn inside one cell of the 7 x 7 grid of merged 28 x 28 px visual tokens (the processor's
+196 x 196 px), so each object is exactly one token: the three squares fit in what retention 0.1 keeps (4 of 49
+tokens), but the 13-15 coloured objects do not fit even in what retention 0.2 keeps (9). A selector that spreads
+the budget over distinct tokens (`divprune`), or keeps the strongest ones (`norm`, `dart`: the squares are the
+smallest shapes), spends it on the other shapes; only a selector that knows which tokens the question needs keeps
+all three squares.
+
+The same images can be asked about the circles and the triangles too (`make_sample(seed, shape="circle")`); the
+embedded checkpoint's backbone learnt all three questions, so its visual features single out no one shape, as a
+general model's would not. The demo, the benchmarks and the scorer ask about squares.
 
 Everything is seeded: `make_samples(n, seed)` gives the same samples on every machine, so anyone can make
 held-out data (the embedded checkpoint was trained on seeds below `HELD_OUT_SEED`).
@@ -20,28 +29,44 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-IMAGE_SIZE = 224
-QUESTION = "what is the colour of the square"
-# Answer colours, as RGB; all far from grey and from each other.
+IMAGE_SIZE = 196
+# Side in px of one merged visual token (14 px patches, 2 x 2 merged) and of one cell of the grid shapes sit in.
+CELL = 28
+# Colours, as RGB, in rainbow order: the order answers list them in. All far from grey and from each other.
 COLOURS = {
     "red": (220, 30, 30),
-    "green": (30, 180, 40),
-    "blue": (40, 60, 230),
-    "yellow": (240, 220, 30),
-    "purple": (150, 40, 190),
     "orange": (250, 140, 20),
+    "yellow": (240, 220, 30),
+    "green": (30, 180, 40),
     "cyan": (30, 210, 220),
+    "blue": (40, 60, 230),
+    "purple": (150, 40, 190),
 }
+# The shapes questions ask about, how many of each every image holds (in distinct colours), and their names in
+# questions; then the shapes that are only distractors, `OTHERS[0]` to `OTHERS[1]` of them per image, any colours.
+COUNTS = {"square": 3, "circle": 4, "triangle": 4}
+SHAPES = tuple(COUNTS)
+PLURALS = {"square": "squares", "circle": "circles", "triangle": "triangles"}
+OTHER_SHAPES = ("diamond", "cross")
+OTHERS = (2, 4)
+# Side in px of each shape (inclusive range); the squares are the smallest, so they are not the strongest tokens.
+SIDES = {"square": (14, 17), "circle": (20, 24), "triangle": (22, 26), "diamond": (22, 26), "cross": (20, 24)}
+
+
+def question(shape: str = "square") -> str:
+    """The question about the shapes `shape` ("what colours are the squares")."""
+    if shape not in SHAPES:
+        raise ValueError(f"`shape` must be one of {SHAPES}, got {shape!r}.")
+    return f"what colours are the {PLURALS[shape]}"
+
+
+QUESTION = question("square")
 # Every word the task's prompts and answers use, for the tokenizer.
-WORDS = tuple(QUESTION.split()) + tuple(COLOURS)
+WORDS = tuple(dict.fromkeys(word for shape in SHAPES for word in question(shape).split())) + tuple(COLOURS)
 # The recipe trains on seeds from 0 up and validates on seeds from `VALIDATION_SEED` up; seeds from
 # `HELD_OUT_SEED` up are never used while building the embedded checkpoint.
 VALIDATION_SEED = 900_000
 HELD_OUT_SEED = 1_000_000
-# Colours other than the answer's per image (two coloured triangles each), and the side in px of every coloured
-# shape, the square included.
-PAIRS = (2, 3)
-SIDES = (16, 24)
 
 
 @dataclass
@@ -51,14 +76,15 @@ class Sample:
     Args:
         image (`PIL.Image.Image`): RGB, `IMAGE_SIZE` x `IMAGE_SIZE` px.
         question (`str`): the text of the question.
-        answer (`str`): one word, a key of `COLOURS`.
-        box (`tuple[int, int, int, int]`): the square's (left, top, right, bottom) in px, right/bottom exclusive.
+        answer (`str`): the colours of the asked shapes (keys of `COLOURS`), in rainbow order, space separated.
+        boxes (`tuple[tuple[int, int, int, int], ...]`): the asked shapes' (left, top, right, bottom) in px,
+            right/bottom exclusive, in the order of the answer's colours.
     """
 
     image: Image.Image
     question: str
     answer: str
-    box: tuple[int, int, int, int]
+    boxes: tuple[tuple[int, int, int, int], ...]
 
     def messages(self, with_answer: bool = False) -> list[dict]:
         """The chat messages of this sample (user turn with the image, and the assistant's answer if asked)."""
@@ -67,75 +93,71 @@ class Sample:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": self.answer}]})
         return messages
 
+    @property
+    def target_tokens(self) -> list[int]:
+        """Ascending raster indices of the merged tokens the asked shapes cover (one per shape)."""
+        return sorted({token for box in self.boxes for token in tokens_covered(box, grid_width=self.image.width // CELL)})
+
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, left: int, top: int, side: int, fill) -> None:
-    """A filled square, circle or (upward) triangle in the `side` x `side` px box at (left, top)."""
-    box = (left, top, left + side - 1, top + side - 1)
+    """A filled shape in the `side` x `side` px box whose top-left corner is (left, top)."""
+    right, bottom, middle = left + side - 1, top + side - 1, side // 2
     if shape == "square":
-        draw.rectangle(box, fill=fill)
+        draw.rectangle((left, top, right, bottom), fill=fill)
     elif shape == "circle":
-        draw.ellipse(box, fill=fill)
+        draw.ellipse((left, top, right, bottom), fill=fill)
+    elif shape == "triangle":  # pointing up
+        draw.polygon([(left, bottom), (right, bottom), (left + middle, top)], fill=fill)
+    elif shape == "diamond":
+        draw.polygon([(left + middle, top), (right, top + middle), (left + middle, bottom), (left, top + middle)], fill=fill)
+    elif shape == "cross":  # a plus sign with arms a third of the side wide
+        arm = side // 3
+        draw.rectangle((left + arm, top, right - arm, bottom), fill=fill)
+        draw.rectangle((left, top + arm, right, bottom - arm), fill=fill)
     else:
-        draw.polygon([(left, top + side - 1), (left + side - 1, top + side - 1), (left + side // 2, top)], fill=fill)
+        raise ValueError(f"Unknown shape {shape!r}; accepted: {SHAPES + OTHER_SHAPES}.")
 
 
-def _draw_clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, count: int, size: int) -> None:
-    """`count` grey squares, circles and triangles of 10-26 px at random places (they may overlap)."""
-    for _ in range(count):
-        side = int(rng.integers(10, 27))
-        left, top = (int(v) for v in rng.integers(0, size - side, size=2))
-        grey = int(rng.integers(60, 200))
-        shape = ("square", "circle", "triangle")[int(rng.integers(3))]
-        _draw_shape(draw, shape, left, top, side, (grey, grey, grey))
+def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE) -> Sample:
+    """The sample of `seed`: a question about the `shape`s of an image of coloured shapes.
 
-
-def _place(rng: np.random.Generator, sides: list[int], size: int, gap: int = 3) -> list[tuple[int, int]]:
-    """Top-left corners for squares of `sides` px that do not overlap (at least `gap` px apart), drawn in turn."""
-    corners: list[tuple[int, int]] = []
-    for side in sides:
-        for _ in range(10_000):
-            left, top = (int(v) for v in rng.integers(0, size - side, size=2))
-            if all(
-                left + side + gap <= other_left or other_left + other_side + gap <= left
-                or top + side + gap <= other_top or other_top + other_side + gap <= top
-                for (other_left, other_top), other_side in zip(corners, sides)
-            ):
-                corners.append((left, top))
-                break
-        else:
-            raise ValueError(f"Cannot place {len(sides)} shapes of {max(sides)} px or less apart on {size} x {size} px.")
-    return corners
-
-
-def make_sample(seed: int, size: int = IMAGE_SIZE, clutter: tuple[int, int] = (25, 40), pairs: tuple[int, int] = PAIRS) -> Sample:
-    """The sample of `seed`: a coloured square among coloured triangles of the same size and grey shapes.
-
-    On grey noise, first `clutter[0]`..`clutter[1]` grey shapes of 10-26 px (overlapping freely); then one triangle
-    in the square's colour and two triangles in each of `pairs[0]`..`pairs[1]` other colours; then the square. The
-    coloured shapes are `SIDES` px wide and at least 3 px apart, so none hides another.
+    On grey noise, `COUNTS[name]` shapes of each of `SHAPES` (the colours of one shape distinct, colours repeating
+    across shapes) and `OTHERS[0]` to `OTHERS[1]` distractors of `OTHER_SHAPES` (any colours), each in its own
+    `CELL` x `CELL` px cell at a random offset, so that each object lies inside exactly one merged visual token. The
+    image depends on `seed` only, not on `shape`.
     """
+    if size % CELL or size < 5 * CELL:
+        raise ValueError(f"`size` must be a multiple of {CELL} px of at least {5 * CELL}, got {size}.")
+    if shape not in SHAPES:
+        raise ValueError(f"`shape` must be one of {SHAPES}, got {shape!r}.")
     rng = np.random.default_rng(seed)
     background = rng.integers(100, 140, size=(size, size, 1), dtype=np.uint8).repeat(3, axis=2)
     image = Image.fromarray(background)
     draw = ImageDraw.Draw(image)
-    _draw_clutter(draw, rng, int(rng.integers(clutter[0], clutter[1] + 1)), size)
     names = list(COLOURS)
-    answer = names[int(rng.integers(len(names)))]
-    # Every colour on exactly two shapes, so the most frequent colour says nothing about the answer.
-    others = [name for name in names if name != answer]
-    count = int(rng.integers(pairs[0], pairs[1] + 1))
-    colours = [answer] + [others[int(i)] for i in rng.choice(len(others), size=count, replace=False) for _ in range(2)]
-    sides = [int(v) for v in rng.integers(SIDES[0], SIDES[1] + 1, size=len(colours) + 1)]
-    corners = _place(rng, sides, size)  # the square's first
-    for (left, top), side, colour in zip(corners[1:], sides[1:], colours):
-        _draw_shape(draw, "triangle", left, top, side, COLOURS[colour])
-    (left, top), side = corners[0], sides[0]
-    _draw_shape(draw, "square", left, top, side, COLOURS[answer])
-    return Sample(image=image, question=QUESTION, answer=answer, box=(left, top, left + side, top + side))
+    # (shape, colour) of every object: distinct colours within each asked-about shape, any for the distractors
+    objects = [(name, names[int(i)]) for name, count in COUNTS.items() for i in rng.choice(len(names), size=count, replace=False)]
+    others = int(rng.integers(OTHERS[0], OTHERS[1] + 1))
+    objects += [(OTHER_SHAPES[int(rng.integers(len(OTHER_SHAPES)))], names[int(rng.integers(len(names)))]) for _ in range(others)]
+    grid = size // CELL
+    cells = rng.choice(grid * grid, size=len(objects), replace=False)
+    boxes = {}
+    for (name, colour), cell in zip(objects, cells):
+        side = int(rng.integers(SIDES[name][0], SIDES[name][1] + 1))
+        offset_x, offset_y = (int(v) for v in rng.integers(0, CELL - side + 1, size=2))
+        left, top = int(cell) % grid * CELL + offset_x, int(cell) // grid * CELL + offset_y
+        _draw_shape(draw, name, left, top, side, COLOURS[colour])
+        if name == shape:
+            boxes[colour] = (left, top, left + side, top + side)
+    colours = [name for name in names if name in boxes]  # rainbow order
+    return Sample(image=image, question=question(shape), answer=" ".join(colours), boxes=tuple(boxes[c] for c in colours))
 
 
 def make_samples(count: int, seed: int = HELD_OUT_SEED, **kwargs) -> list[Sample]:
-    """`count` samples with the consecutive seeds `seed`, `seed + 1`, ...; the default seeds are held out."""
+    """`count` samples with the consecutive seeds `seed`, `seed + 1`, ...; the default seeds are held out.
+
+    `kwargs` go to `make_sample` (`shape`, `size`).
+    """
     if count < 0:
         raise ValueError(f"`count` must be >= 0, got {count}.")
     return [make_sample(seed + i, **kwargs) for i in range(count)]
@@ -144,16 +166,21 @@ def make_samples(count: int, seed: int = HELD_OUT_SEED, **kwargs) -> list[Sample
 def task_inputs(processor, samples: list[Sample], with_answers: bool = False):
     """Processor inputs for a batch of samples, and the answers' token ids.
 
-    Returns `(inputs, answer_ids)`. Without answers, `inputs` is the prompt up to the assistant turn, so the next
-    token is the answer. With answers, each prompt is followed by its answer and the end-of-turn token, and
-    `inputs["labels"]` (`(B, L)`) is -100 everywhere but there. `answer_ids` (`torch.LongTensor` of shape
-    `(B,)`) is the token id of each sample's answer word.
+    Returns `(inputs, answer_ids)`. `answer_ids` (`torch.LongTensor` of shape `(B, M)`) holds each sample's answer
+    tokens followed by the end-of-turn token, right-aligned and left-padded with -100 to the longest (M tokens).
+    Without answers, `inputs` is the prompt up to the assistant turn, so the next tokens are the answer. With
+    answers, each prompt is followed by its answer and the end-of-turn token, and `inputs["labels"]` (`(B, L)`) is
+    -100 everywhere but there: `answer_accuracy` scores these teacher-forced, in one forward pass.
     """
     tokenizer = processor.tokenizer
+    if with_answers and tokenizer.padding_side != "left":
+        raise ValueError("`task_inputs` with answers needs a tokenizer that pads on the left.")
     prompts = [processor.apply_chat_template(sample.messages(), add_generation_prompt=True) for sample in samples]
-    answer_ids = [tokenizer.convert_tokens_to_ids(sample.answer) for sample in samples]
-    if tokenizer.unk_token_id in answer_ids:
+    answers = [tokenizer.convert_tokens_to_ids(sample.answer.split()) + [tokenizer.eos_token_id] for sample in samples]
+    if any(tokenizer.unk_token_id in ids for ids in answers):
         raise ValueError(f"The tokenizer has no token for some of the answers {sorted({s.answer for s in samples})}.")
+    longest = max((len(ids) for ids in answers), default=0)
+    answer_ids = torch.tensor([[-100] * (longest - len(ids)) + ids for ids in answers], dtype=torch.long)
     suffix = [f"{sample.answer}{tokenizer.eos_token}" if with_answers else "" for sample in samples]
     inputs = processor(
         text=[prompt + end for prompt, end in zip(prompts, suffix)],
@@ -162,26 +189,45 @@ def task_inputs(processor, samples: list[Sample], with_answers: bool = False):
         padding=True,
     )
     if with_answers:
-        # The answer word and the end-of-turn token are the last two tokens of every row (padding is on the left).
-        if tokenizer.padding_side != "left":
-            raise ValueError("`task_inputs` with answers needs a tokenizer that pads on the left.")
+        # Each row ends with its answer and the end-of-turn token (padding is on the left).
+        tail = inputs["input_ids"][:, -longest:]
+        answered = answer_ids != -100
+        if not torch.equal(tail[answered], answer_ids[answered]):
+            raise ValueError("The tokenized prompts do not end with their answers; is the chat template the task's?")
         labels = torch.full_like(inputs["input_ids"], -100)
-        labels[:, -2:] = inputs["input_ids"][:, -2:]
+        labels[:, -longest:] = answer_ids
         inputs["labels"] = labels
-    return inputs, torch.tensor(answer_ids)
+    return inputs, answer_ids
 
 
 @torch.no_grad()
 def answer_accuracy(model, batches, **forward_kwargs) -> float:
-    """Share of samples whose greedy next token after the prompt is the answer.
+    """Share of samples whose whole answer is right: exact match, every answer token and the end of turn.
 
-    `batches` are `task_inputs(processor, samples)` pairs; `forward_kwargs` go to the model (`retention_ratio`,
-    `selector`, ...). The random selector draws from torch's global generator: seed it first for a fixed draw.
+    `batches` are `task_inputs(processor, samples, with_answers=...)` pairs. With answers (the fast way): one
+    teacher-forced forward pass per batch, and a sample counts when the argmax at every answer position is the
+    answer's token; that is exactly when greedy generation after the prompt writes the answer and stops. Without
+    answers: greedy generation (`model.generate`) of as many tokens as the longest answer, compared with the answer.
+    Both give the same count. `forward_kwargs` go to the model (`retention_ratio`, `selector`, ...); the random
+    selector draws from torch's global generator: seed it first for a fixed draw.
     """
     correct = total = 0
     for inputs, answer_ids in batches:
-        logits = model(**inputs, logits_to_keep=1, **forward_kwargs).logits[:, -1]
-        correct += int((logits.argmax(-1).cpu() == answer_ids).sum())
+        width = answer_ids.shape[1]
+        if "labels" in inputs:
+            inputs = {key: value for key, value in inputs.items() if key != "labels"}
+            # the last `width + 1` positions; position t predicts token t + 1, so drop the prediction after the end
+            predicted = model(**inputs, logits_to_keep=width + 1, **forward_kwargs).logits[:, :-1].argmax(-1).cpu()
+        else:
+            output = model.generate(**inputs, max_new_tokens=width, do_sample=False, **forward_kwargs)
+            predicted = output[:, inputs["input_ids"].shape[1] :].cpu()  # (B, <= width): generation may stop early
+            predicted = torch.nn.functional.pad(predicted, (0, width - predicted.shape[1]), value=-1)
+            # right-align each row's prediction with its answer: a row whose answer has m tokens is judged on its
+            # first m generated tokens
+            lengths = (answer_ids != -100).sum(-1)
+            predicted = torch.stack([row.roll(int(width - length)) for row, length in zip(predicted, lengths)])
+        right = (predicted == answer_ids) | (answer_ids == -100)  # (B, M)
+        correct += int(right.all(-1).sum())
         total += len(answer_ids)
     return correct / total
 
@@ -196,7 +242,7 @@ def task_dataset(count: int, seed: int = 0, **kwargs):
     """A `datasets.Dataset` of the `count` samples with seeds `seed`, `seed + 1`, ..., in `conversational` form.
 
     Only the seeds are stored; each example is drawn when it is read (`with_transform`), so a long run costs no
-    memory. Trainers must keep the `seed` column (`remove_unused_columns=False`).
+    memory. Trainers must keep the `seed` column (`remove_unused_columns=False`). `kwargs` go to `make_sample`.
     """
     import datasets
 
@@ -210,7 +256,7 @@ def task_dataset(count: int, seed: int = 0, **kwargs):
     return datasets.Dataset.from_dict({"seed": list(range(seed, seed + count))}).with_transform(draw)
 
 
-def tokens_covered(box: tuple[int, int, int, int], token_size: int = 28, grid_width: int = IMAGE_SIZE // 28) -> list[int]:
+def tokens_covered(box: tuple[int, int, int, int], token_size: int = CELL, grid_width: int = IMAGE_SIZE // CELL) -> list[int]:
     """Raster indices of the merged tokens (of `token_size` px) that the box (left, top, right, bottom) touches."""
     left, top, right, bottom = box
     columns = range(left // token_size, (right - 1) // token_size + 1)
@@ -218,4 +264,27 @@ def tokens_covered(box: tuple[int, int, int, int], token_size: int = 28, grid_wi
     return [row * grid_width + column for row in rows for column in columns]
 
 
-__all__ = ["COLOURS", "HELD_OUT_SEED", "PAIRS", "SIDES", "VALIDATION_SEED", "task_inputs", "IMAGE_SIZE", "QUESTION", "WORDS", "Sample", "conversational", "make_sample", "task_dataset", "make_samples", "tokens_covered"]
+__all__ = [
+    "CELL",
+    "COLOURS",
+    "HELD_OUT_SEED",
+    "IMAGE_SIZE",
+    "COUNTS",
+    "OTHERS",
+    "OTHER_SHAPES",
+    "PLURALS",
+    "QUESTION",
+    "SHAPES",
+    "SIDES",
+    "VALIDATION_SEED",
+    "WORDS",
+    "Sample",
+    "answer_accuracy",
+    "conversational",
+    "make_sample",
+    "make_samples",
+    "question",
+    "task_dataset",
+    "task_inputs",
+    "tokens_covered",
+]

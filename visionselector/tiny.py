@@ -40,7 +40,7 @@ CHAT_TEMPLATE = (
 DEFAULT_WORDS = (
     "user assistant system what is the colour of square shape circle triangle red green blue yellow "
     "white black grey purple orange cyan describe image video picture left right top bottom a an in on "
-    "which where how many one two three four five yes no"
+    "which where how many one two three four five yes no colours are squares circles triangles diamonds crosses rings"
 ).split()
 
 
