@@ -82,29 +82,15 @@ def load_backbone(path: Path):
 
 def train_and_evaluate(backbone, processor, batches, *, seed: int, setting: dict, steps: int, batch_size: int) -> dict:
     """A fresh scorer trained with `setting` (axis name -> value; None: the default) and scored on `batches`."""
-    from visionselector_training import VisionSelectorSFTConfig, VisionSelectorSFTTrainer
+    from visionselector_training import VisionSelectorSFTTrainer
+    from visionselector_training.smoke import task_training_args
 
     model_fields = {AXES[name][0]: value for name, value in setting.items() if value is not None and AXES[name][1] == "model"}
     trainer_fields = {AXES[name][0]: value for name, value in setting.items() if value is not None and AXES[name][1] == "trainer"}
     torch.manual_seed(seed)
     model = VisionSelectorForConditionalGeneration.from_backbone(backbone, base_model_name_or_path=None, **model_fields)
     with tempfile.TemporaryDirectory() as output_dir:
-        args = VisionSelectorSFTConfig(
-            output_dir=output_dir,
-            max_steps=steps,
-            per_device_train_batch_size=batch_size,
-            logging_steps=max(1, steps // 10),
-            save_strategy="no",
-            report_to="none",
-            seed=seed,
-            data_seed=seed,
-            use_cpu=True,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-            remove_unused_columns=False,  # the dataset stores seeds and draws the examples when read
-            gradient_checkpointing=False,  # a tiny model has memory to spare; recomputing costs a third of the step
-            **trainer_fields,
-        )
+        args = task_training_args(output_dir, steps=steps, batch_size=batch_size, seed=seed, disable_tqdm=True, **trainer_fields)
         trainer = VisionSelectorSFTTrainer(
             model, args=args, train_dataset=task_dataset(steps * batch_size, seed=SCORER_TRAIN_SEED), processing_class=processor
         )

@@ -105,30 +105,23 @@ def train_scorer(backbone, processor, steps: int, batch_size: int, lr: float | N
     Everything but the run length, the batch size and the train ratio is the default of `VisionSelectorConfig`
     (scorer initialisation) and `VisionSelectorSFTConfig` (learning rate, warmup, schedule, lambda curriculum,
     answer-only loss), unless `lr` is given. The task's answer needs exactly three tokens, so the ratio trained at
-    is the lowest one served: a scorer trained at 0.2 only learns to put the squares among its 12 best tokens, in
+    is the lowest one served: a scorer trained at 0.2 only learns to put the squares among its 9 best tokens, in
     any order (`benchmarks/results/sweep_scorer.md`).
     """
-    from visionselector_training import VisionSelectorSFTConfig, VisionSelectorSFTTrainer
+    from visionselector_training import VisionSelectorSFTTrainer
+    from visionselector_training.smoke import task_training_args
 
     torch.manual_seed(seed)
     model = VisionSelectorForConditionalGeneration.from_backbone(
         backbone, retention_ratio=0.2, train_retention_ratio=train_ratio, base_model_name_or_path=None
     )
-    args = VisionSelectorSFTConfig(
-        output_dir=str(work_dir / "scorer"),
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        **({} if lr is None else {"learning_rate": lr}),
-        train_retention_ratio=train_ratio,
-        logging_steps=max(1, steps // 10),
-        save_strategy="no",
-        report_to="none",
+    args = task_training_args(
+        str(work_dir / "scorer"),
+        steps=steps,
+        batch_size=batch_size,
         seed=seed,
-        data_seed=seed,
-        use_cpu=True,
-        gradient_checkpointing=False,  # a tiny model has memory to spare; recomputing would cost a third of each step
-        dataloader_num_workers=0,
-        remove_unused_columns=False,  # the dataset stores seeds and draws the examples when read
+        train_retention_ratio=train_ratio,
+        **({} if lr is None else {"learning_rate": lr}),
     )
     trainer = VisionSelectorSFTTrainer(
         model,

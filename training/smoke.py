@@ -46,6 +46,34 @@ def fresh_scorer(model, seed: int) -> None:
             projection.bias.zero_()
 
 
+def task_training_args(output_dir: str, *, steps: int, batch_size: int, seed: int, **overrides):
+    """`VisionSelectorSFTConfig` for a short CPU run on the demo task (the recipe's stage 2, the sweep's runs).
+
+    Defaults everywhere but the run: `steps` of `batch_size`, logged 10 times, no saves, no gradient checkpointing
+    (a tiny model has memory to spare; recomputing would cost a third of each step), `seed` for the data order too,
+    and the columns the task dataset needs kept. `overrides` set any other field.
+    """
+    from visionselector_training import VisionSelectorSFTConfig
+
+    return VisionSelectorSFTConfig(
+        **{
+            "output_dir": output_dir,
+            "max_steps": steps,
+            "per_device_train_batch_size": batch_size,
+            "logging_steps": max(1, steps // 10),
+            "save_strategy": "no",
+            "report_to": "none",
+            "seed": seed,
+            "data_seed": seed,
+            "use_cpu": True,
+            "gradient_checkpointing": False,
+            "dataloader_num_workers": 0,
+            "remove_unused_columns": False,  # the dataset stores seeds and draws the examples when read
+            **overrides,
+        }
+    )
+
+
 def accuracies(model, batches, ratio: float, seed: int) -> dict[str, float]:
     """Held-out accuracy of the learned scorer and of random selection at `ratio`."""
     from visionselector.tasks import answer_accuracy
