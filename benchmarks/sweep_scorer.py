@@ -42,6 +42,7 @@ from transformers import AutoProcessor, PrinterCallback
 from transformers.utils import logging as transformers_logging
 
 from modeling_visionselector import VisionSelectorForConditionalGeneration
+from visionselector.cli import TRAINING_FREE
 from visionselector.tasks import VALIDATION_SEED, answer_accuracy, make_samples, task_dataset, task_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,6 @@ AXES = {
     "train_ratio": ("train_retention_ratio", "trainer", float, "default"),
     "train_ratio_min": ("train_retention_ratio_min", "trainer", float, "default"),
 }
-TRAINING_FREE = ("random", "uniform", "norm", "dart", "divprune")
 
 
 def load_backbone(path: Path):

@@ -27,6 +27,8 @@ from visionselector_training import (
 )
 from visionselector_training.tiny_assets import write_image_dataset, write_tiny_backbone
 
+from training_args import tiny_run_args
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The score of token i is q_i . k_mean; the query bias adds b_q . k_mean to every score of an item, a per-item
 # constant that the top-k threshold absorbs, so its gradient is zero (up to rounding) by construction.
@@ -55,20 +57,7 @@ def dataset():
 
 
 def make_args(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        max_steps=4,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return VisionSelectorSFTConfig(**values)
+    return tiny_run_args(tmp_path, **{"max_steps": 4, **overrides})
 
 
 def make_trainer(tmp_path, dataset, **overrides):

@@ -19,9 +19,11 @@ from transformers import AutoModel, TrainerCallback
 
 from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer
 from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl
-from visionselector_training import SCORER_CHECKPOINT_NAME, VisionSelectorSFTConfig, VisionSelectorSFTTrainer
+from visionselector_training import SCORER_CHECKPOINT_NAME, VisionSelectorSFTTrainer
 from visionselector_training.collator import assistant_turn_mask
 from visionselector_training.tiny_assets import write_tiny_backbone
+
+from training_args import tiny_run_args
 
 QUESTION = "what is the colour of the square"
 
@@ -69,20 +71,7 @@ def dataset():
 
 
 def make_args(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        max_steps=2,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return VisionSelectorSFTConfig(**values)
+    return tiny_run_args(tmp_path, **{"max_steps": 2, **overrides})
 
 
 def make_trainer(tmp_path, dataset, model=None, processor=None, **overrides):
