@@ -14,7 +14,8 @@ Skipped where vLLM is not installed (the core environments).
 
 import os
 import socket
-from contextlib import ExitStack
+import weakref
+from contextlib import ExitStack, contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -28,24 +29,26 @@ from PIL import Image  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 from transformers.video_utils import VideoMetadata  # noqa: E402
 from vllm import ModelRegistry  # noqa: E402
-from vllm.config import DeviceConfig, ModelConfig, VllmConfig, set_current_vllm_config  # noqa: E402
+from vllm.config import DeviceConfig, LoRAConfig, ModelConfig, VllmConfig, set_current_vllm_config  # noqa: E402
 from vllm.distributed import init_distributed_environment, initialize_model_parallel  # noqa: E402
 from vllm.model_executor.model_loader import get_model_loader  # noqa: E402
 from vllm.model_executor.model_loader.utils import process_weights_after_loading  # noqa: E402
 from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from vllm.multimodal import MULTIMODAL_REGISTRY  # noqa: E402
 from vllm.multimodal.inputs import MultiModalFeatureSpec  # noqa: E402
-from vllm.multimodal.utils import group_and_batch_mm_kwargs  # noqa: E402
+from vllm.multimodal.utils import group_and_batch_mm_kwargs, strip_covered_mm_data  # noqa: E402
 from vllm.multimodal.video_prune.evs import compute_mrope_for_media, recompute_mrope_positions  # noqa: E402
 from vllm.plugins import load_general_plugins  # noqa: E402
+from vllm.v1.worker.gpu.mm.rope import RopeState  # noqa: E402
 
 from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer  # noqa: E402
-from modeling_visionselector.scoring import num_kept_tokens  # noqa: E402
+from modeling_visionselector.scoring import VisionSelectorScorer, num_kept_tokens  # noqa: E402
 from visionselector.merge import merge_scorer_artifact  # noqa: E402
 from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl  # noqa: E402
 from visionselector.vllm import ARCHITECTURES, register  # noqa: E402
 from visionselector.vllm.model import (  # noqa: E402
     SCORER_RENAMING,
+    UnservedVisionSelectorFamily,
     VisionSelectorQwen2_5_VLForConditionalGeneration,
     check_supported,
     encoder_groups,
@@ -64,6 +67,36 @@ from visionselector.vllm.processing import video_temporal_positions  # noqa: E40
 CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "visionselector", "checkpoints", "tiny-shapes")
 IMAGE_PAD, VIDEO_PAD = "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
 TOKEN_IDS = {"image": 5, "video": 6}  # the tiny-shapes tokenizer's <|image_pad|> and <|video_pad|>
+
+
+@contextmanager
+def without_the_triton_requirement():
+    """Lifts one check of vLLM >= 0.34, only while `CpuPlatform.check_and_update_config` runs.
+
+    vLLM 0.34 refuses to build a `VllmConfig` on an x86 CPU without Triton ("vLLM on x86 CPUs requires Triton
+    (triton-cpu)"): its CPU engine runs Triton kernels, and triton-cpu is not on PyPI. These tests build configs,
+    the processor and the model, and call the model's methods directly; they run no engine step, hence no Triton
+    kernel. Every other part of the platform's config check runs as it does in an engine.
+    """
+    import vllm.triton_utils
+    from vllm.platforms import current_platform
+
+    platform = type(current_platform)
+    original = platform.__dict__["check_and_update_config"]
+
+    def check_and_update_config(cls, vllm_config):
+        has_triton = vllm.triton_utils.HAS_TRITON
+        vllm.triton_utils.HAS_TRITON = True
+        try:
+            return original.__func__(cls, vllm_config)
+        finally:
+            vllm.triton_utils.HAS_TRITON = has_triton
+
+    platform.check_and_update_config = classmethod(check_and_update_config)
+    try:
+        yield
+    finally:
+        platform.check_and_update_config = original
 
 
 def free_port() -> int:
@@ -89,6 +122,7 @@ def engine():
     load_general_plugins()  # what every vLLM process does: runs our entry point
     model_config = ModelConfig(model=CHECKPOINT, trust_remote_code=True, dtype="float32", max_model_len=4096)
     with ExitStack() as stack:
+        stack.enter_context(without_the_triton_requirement())
         stack.enter_context(set_current_vllm_config(VllmConfig(model_config=model_config)))
         init_distributed_environment(
             world_size=1, rank=0, local_rank=0, backend="gloo", distributed_init_method=f"tcp://127.0.0.1:{free_port()}"
@@ -114,7 +148,13 @@ IMAGES = {
     "tall": Image.fromarray(RNG.integers(0, 256, (448, 168, 3), dtype=np.uint8)),
 }
 # 3 frames per second and 2 frames per temporal patch: 2/3 s per grid, 4/3 rotary steps per grid
-VIDEO = (RNG.integers(0, 256, (6, 112, 84, 3), dtype=np.uint8), 3.0)
+# (frames, fps) of each video, 2 frames per temporal patch. "video": 3 fps, so 2/3 s per grid and 4/3 rotary steps
+# per grid. "long video": 1 fps, 4 rotary steps per grid: its last frames (at 44) lie past the text after it (its
+# grid is 9 x 7 merged tokens, so that text runs from 9 to 16 after the video's start).
+VIDEOS = {
+    "video": (RNG.integers(0, 256, (6, 112, 84, 3), dtype=np.uint8), 3.0),
+    "long video": (RNG.integers(0, 256, (24, 112, 84, 3), dtype=np.uint8), 1.0),
+}
 
 
 def video_metadata(frames: int, fps: float) -> dict:
@@ -130,15 +170,15 @@ def video_metadata(frames: int, fps: float) -> dict:
 
 def make_prompt(items: list[str], text: str = "what is the colour") -> str:
     """A chat prompt with the items (names of IMAGES, or "video") separated by a little text."""
-    content = " left ".join(VIDEO_PAD if item == "video" else IMAGE_PAD for item in items)
+    content = " left ".join(VIDEO_PAD if item in VIDEOS else IMAGE_PAD for item in items)
     return f"<|im_start|>user\n{content}{text}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def mm_data(items: list[str]) -> dict:
     data = {}
     for item in items:
-        if item == "video":
-            frames, fps = VIDEO
+        if item in VIDEOS:
+            frames, fps = VIDEOS[item]
             data.setdefault("video", []).append((frames, video_metadata(len(frames), fps)))
         else:
             data.setdefault("image", []).append(IMAGES[item])
@@ -210,12 +250,14 @@ def run_prompt(model, prompt_ids, features, outputs, steps):
 
 def transformers_reference(engine, items: list[str], retention_ratio: float):
     """The transformers model on the same prompt: full ids and positions, kept indices, pruned ids and positions."""
-    frames, fps = VIDEO
-    videos = [frames] if "video" in items else None
-    metadata = [VideoMetadata(**{k: v for k, v in video_metadata(len(frames), fps).items() if k != "do_sample_frames"})]
+    videos = [VIDEOS[item][0] for item in items if item in VIDEOS] or None
+    metadata = [
+        VideoMetadata(**{k: v for k, v in video_metadata(len(frames), fps).items() if k != "do_sample_frames"})
+        for frames, fps in (VIDEOS[item] for item in items if item in VIDEOS)
+    ]
     inputs = engine.hf_processor(
         text=[make_prompt(items)],
-        images=[IMAGES[item] for item in items if item != "video"] or None,
+        images=[IMAGES[item] for item in items if item not in VIDEOS] or None,
         videos=videos,
         video_metadata=metadata if videos else None,
         do_sample_frames=False,
@@ -279,17 +321,26 @@ def test_entry_point_registers_a_subclass_of_vllms_qwen2_5_vl(engine):
 
 
 def test_unsupported_settings_are_named():
-    def settings(scorer_only=False, pruning=False, pp=1, dbo=False, spec=None):
+    def settings(
+        scorer_only=False, model_type="visionselector_qwen2_5_vl", pruning=False, pp=1, dbo=False, spec=None, lora=None
+    ):
         multimodal = SimpleNamespace(is_multimodal_pruning_enabled=lambda: pruning)
         model_config = SimpleNamespace(
-            model="m", hf_config=SimpleNamespace(scorer_only=scorer_only), get_multimodal_config=lambda: multimodal
+            model="m",
+            hf_config=SimpleNamespace(scorer_only=scorer_only, model_type=model_type),
+            get_multimodal_config=lambda: multimodal,
         )
         parallel = SimpleNamespace(pipeline_parallel_size=pp, use_ubatching=dbo)
-        return SimpleNamespace(model_config=model_config, parallel_config=parallel, speculative_config=spec)
+        return SimpleNamespace(
+            model_config=model_config, parallel_config=parallel, speculative_config=spec, lora_config=lora
+        )
 
     check_supported(settings())
+    check_supported(settings(lora=LoRAConfig()))  # LoRA on the language model: served
     for kwargs, message in [
         (dict(scorer_only=True), "visionselector-hub merge"),
+        (dict(model_type="visionselector_qwen3_vl"), "'visionselector_qwen3_vl' checkpoint.*Qwen2.5-VL"),
+        (dict(lora=LoRAConfig(enable_tower_connector_lora=True)), "--enable-tower-connector-lora"),
         (dict(pruning=True), "--video-pruning-rate"),
         (dict(pp=2), "--pipeline-parallel-size"),
         (dict(dbo=True), "--enable-dbo"),
@@ -456,6 +507,7 @@ CASES = {
     "two images": ["tall", "wide"],
     "video at 2/3 s per grid": ["video"],
     "image and video": ["wide", "video"],
+    "video whose last frames lie past the text after it": ["long video"],
 }
 
 
@@ -481,8 +533,8 @@ def test_positions_are_transformers_positions_of_the_kept_tokens(engine, case, r
     for name, steps in splits.items():
         positions, embeddings, delta, order = run_prompt(engine.model, prompt_ids, features, outputs, steps)
         assert torch.equal(positions, reference.pruned_positions[:, order]), name
-        # generation continues where the stock model continues on the full prompt
-        assert delta == int(reference.full_positions.max()) + 1 - length, name
+        # generation continues where transformers' `generate` continues: after the last prompt position
+        assert delta == int(reference.full_positions[0, -1]) + 1 - length, name
     # every visual embedding fed is the kept feature (offset channels stripped), in prompt order
     positions, embeddings, _, _ = run_prompt(engine.model, prompt_ids, features, outputs, [(0, length)])
     visual = torch.tensor([token in TOKEN_IDS.values() for token in prompt_ids])
@@ -543,20 +595,23 @@ def test_offsets_round_trip_in_every_embedding_dtype():
     offsets = torch.tensor([[0, 0, 0], [255, 256, 65535], [MAX_OFFSET, 17, 3]])
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         assert torch.equal(decode_offsets(encode_offsets(offsets, dtype)), offsets)
-    with pytest.raises(ValueError, match="must lie in"):
-        check_offsets_fit((2, 1, 1), torch.tensor([0, MAX_OFFSET + 1]))
-    check_offsets_fit((2, 1, 1), torch.tensor([0, MAX_OFFSET]))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 16777215\]"):
+        check_offsets_fit((2, 1, 1), torch.tensor([0, MAX_OFFSET + 1]), 2**30)
+    check_offsets_fit((2, 1, 1), torch.tensor([0, MAX_OFFSET]), 2**30)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4095\] \(max_position_embeddings = 4096\)"):
+        check_offsets_fit((2, 1, 1), torch.tensor([0, 4096]), 4096)
+    check_offsets_fit((2, 1, 1), torch.tensor([0, 4095]), 4096)
     kept = torch.tensor([0, 5, 13, 23])  # grid (2, 3, 4): frame, row, column
     assert kept_token_offsets(kept, (2, 3, 4), torch.tensor([0, 7])).tolist() == [[0, 0, 0], [0, 1, 1], [7, 0, 1], [7, 2, 3]]
 
 
 def test_prompt_positions_for_a_long_video_and_any_selection(engine):
-    """A video whose temporal positions run past the text after it: generation continues at the full prompt's max.
+    """A video whose temporal positions run past the text after it: generation continues after the last position.
 
     Pure positions, no encoder: for a random selection, anchor + `kept_token_offsets` is transformers' position of
     every kept token, the text is where transformers puts it, and the delta is the stock model's on the full prompt.
     """
-    from visionselector.vllm.positions import PrunedItem, prompt_positions
+    from visionselector.vllm.positions import PrunedItem, largest_prompt_position, prompt_positions
 
     generator = torch.Generator().manual_seed(0)
     grid, merge = torch.tensor([66, 16, 12]), 2  # 66 temporal patches of 8 x 6 merged tokens
@@ -579,4 +634,148 @@ def test_prompt_positions_for_a_long_video_and_any_selection(engine):
         keep[len(prefix) : len(prefix) + n] = False
         keep[len(prefix) + kept] = True
         assert torch.equal(positions, full[:, keep])
-        assert delta == int(full.max()) + 1 - positions.shape[1]
+        assert delta == int(full[0, -1]) + 1 - positions.shape[1]  # generate's rule: the last position + 1
+        assert largest_prompt_position(positions.shape[1], [item]) == int(full.max()) > int(full[0, -1])
+
+
+# ---------------------------------------------------------------------------------------------------- preemption
+
+
+def recording_rope_state():
+    """Model Runner V2's `RopeState` with host arrays for its staged GPU buffers (this machine has no CUDA)."""
+    state = RopeState.__new__(RopeState)
+    state.num_dims = 3
+    rows = {}
+    state.prefill_positions = SimpleNamespace(
+        stage_write=lambda row, start, values: rows.__setitem__(row, torch.as_tensor(np.asarray(values)))
+    )
+    state.prefill_delta = SimpleNamespace(np=np.zeros(1, dtype=np.int64))
+
+    def staged():
+        return torch.stack([rows[index] for index in range(3)]).long(), int(state.prefill_delta.np[0])
+
+    return state, staged
+
+
+def test_generated_tokens_keep_their_positions_when_model_runner_v2_resumes_a_preempted_request(engine):
+    """Model Runner V2 resumes a preempted request by prefilling its prompt and the tokens it generated (the
+    scheduler's `prefill_token_ids`) through `get_mrope_input_positions` (`RopeState.init_prefill_positions`); in
+    between it decodes token i at i + delta (`_prepare_rope_positions_kernel`). A generated token must get back the
+    position it was decoded at, here after a video whose last frames lie past the text after it; and those are the
+    positions transformers' `generate` gives the same tokens."""
+    out, features = vllm_process(engine, ["long video"], retention_ratio=0.3)
+    prompt = out["prompt_token_ids"]
+    state, staged = recording_rope_state()
+    state.init_prefill_positions(0, engine.model, prompt, features)
+    prompt_positions, delta = staged()
+
+    reference = transformers_reference(engine, ["long video"], 0.3)
+    assert int(reference.full_positions.max()) > int(reference.full_positions[0, -1])  # the case that matters
+    captured = []
+    hook = engine.reference.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.append(kwargs["position_ids"][-3:, 0]), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            generated = engine.reference.generate(
+                **reference.inputs, retention_ratio=0.3, max_new_tokens=4, min_new_tokens=4, do_sample=False
+            )[0, reference.inputs["input_ids"].shape[1] :].tolist()
+    finally:
+        hook.remove()
+    decoded = torch.tensor([len(prompt) + m + delta for m in range(len(generated))]).expand(3, -1)
+    # transformers feeds generated token m (but the last) at step m + 1
+    assert torch.equal(torch.cat(captured[1:], dim=1), decoded[:, :-1])
+
+    # preempted, then resumed (with a prefix-cache hit over the video: the scheduler strips its tensors)
+    resumed = strip_covered_mm_data(features, len(prompt) - 1, uses_mrope=True)
+    assert resumed[0].data is not features[0].data
+    state.init_prefill_positions(0, engine.model, prompt + generated, resumed)
+    positions, resumed_delta = staged()
+    assert torch.equal(positions[:, : len(prompt)], prompt_positions)
+    assert torch.equal(positions[:, len(prompt) :], decoded)
+    assert resumed_delta == delta
+
+
+# ---------------------------------------------------------------------------------------------------- requests refused
+
+
+def test_a_video_whose_positions_pass_max_position_embeddings_is_refused_by_the_processor(engine):
+    """Refused where a `ValueError` fails that request only (HTTP 400), not in the worker, where it would end the
+    engine. 12 temporal patches at 0.01 fps: 200 s per grid, 400 rotary steps per grid, the last at 4400."""
+    frames = np.zeros((24, 28, 28, 3), dtype=np.uint8)
+    prompt_ids = engine.processor.info.get_tokenizer().encode(make_prompt(["video"]))
+    assert engine.model_config.hf_config.get_text_config().max_position_embeddings == 4096
+    with pytest.raises(ValueError, match=r"spans 4401 rotary positions.*\[0, 4095\] \(max_position_embeddings = 4096\)"):
+        engine.processor(
+            prompt_ids,
+            engine.processor.info.parse_mm_data({"video": [(frames, video_metadata(24, 0.01))]}),
+            hf_processor_mm_kwargs={"retention_ratio": 0.5},
+        )
+    accepted = engine.processor(  # at 0.02 fps the last frames are at 2200
+        prompt_ids,
+        engine.processor.info.parse_mm_data({"video": [(frames, video_metadata(24, 0.02))]}),
+        hf_processor_mm_kwargs={"retention_ratio": 0.5},
+    )
+    assert int(accepted["mm_kwargs"]["video"][0]["video_temporal_positions"].data[-1]) == 2200
+
+
+def test_a_prompt_that_ends_with_placeholders_is_refused_by_the_processor(engine):
+    prompt_ids = engine.processor.info.get_tokenizer().encode("<|im_start|>user\n<|vision_start|><|image_pad|>")
+    with pytest.raises(ValueError, match="ends with the placeholders of an image or video"):
+        engine.processor(prompt_ids, engine.processor.info.parse_mm_data(mm_data(["wide"])), hf_processor_mm_kwargs={})
+
+
+@pytest.mark.parametrize("architecture", sorted(set(ARCHITECTURES) - {"VisionSelectorForConditionalGeneration"}))
+def test_families_not_served_are_refused_not_served_by_the_transformers_backend(engine, architecture):
+    model_class, _ = ModelRegistry.resolve_model_cls([architecture], model_config=engine.model_config)
+    assert model_class is UnservedVisionSelectorFamily
+    config = SimpleNamespace(
+        model_config=SimpleNamespace(
+            model="ckpt", hf_config=SimpleNamespace(model_type="visionselector_qwen3_vl"), architectures=[architecture]
+        )
+    )
+    with pytest.raises(ValueError, match=r"'visionselector_qwen3_vl' VisionSelector checkpoint.*serves 'visionselector_qwen2_5_vl'"):
+        model_class(vllm_config=config)
+
+
+# ---------------------------------------------------------------------------------------------------- memory and syncs
+
+
+def test_each_encoder_group_is_scored_cut_and_freed_before_the_next_runs(engine):
+    """At ratio r one step may bring budget / r merged tokens: the full features of one group at a time only."""
+    items = ["wide", "tall"]
+    _, features = vllm_process(engine, items, retention_ratio=0.1)
+    model = engine.model
+    expected = encoder_outputs(model, features)
+    sizes = [int(f.data["image_grid_thw"].data.prod()) // 4 for f in features]
+    held, scored = [], []
+    encode, score = model._process_image_input, model.scorer.forward
+
+    def process(part):
+        assert all(ref() is None for ref in held), "an earlier group's features are still held"
+        outputs = encode(part)
+        held.extend(weakref.ref(output) for output in outputs)
+        return outputs
+
+    def scorer(features, lengths):
+        scored.append(features.shape[0])
+        return score(features, lengths)
+
+    budget = model.encoder_budget
+    model.encoder_budget = max(sizes)  # one item per group
+    model._process_image_input, model.scorer.forward = process, scorer
+    try:
+        grouped = encoder_outputs(model, features)
+    finally:
+        model.encoder_budget = budget
+        del model._process_image_input, model.scorer.forward
+    assert len(held) == 2 and sorted(scored) == sorted(sizes)  # never more than one item's features at once
+    assert all(torch.equal(grouped[key], expected[key]) for key in expected)
+
+
+def test_the_scorer_needs_no_host_sync():
+    """On the meta device every op that would read device memory back to the host (repeat_interleave without
+    `output_size`, `.item()`, `nonzero`) fails: the scorer runs there, so it runs on a GPU without syncing."""
+    scorer = VisionSelectorScorer(16, 8).to("meta")
+    scores = scorer(torch.empty(10, 16, device="meta"), [3, 7])
+    assert scores.shape == (10,) and scores.device.type == "meta"

@@ -13,11 +13,21 @@ model asks for them), so `register` itself imports nothing heavy.
 
 from __future__ import annotations
 
-# architecture in config.json -> "module:class" of the vLLM implementation
+# architecture in config.json -> "module:class" of the vLLM implementation. The families this plugin does not serve
+# yet are registered too, to a class that refuses them with a clear message: unregistered, vLLM would fall back to
+# its Transformers backend and serve them without pruning (or fail deep inside).
 ARCHITECTURES = {
     "VisionSelectorForConditionalGeneration": (
         "visionselector.vllm.model:VisionSelectorQwen2_5_VLForConditionalGeneration"
     ),
+    **{
+        architecture: "visionselector.vllm.model:UnservedVisionSelectorFamily"
+        for architecture in (
+            "VisionSelectorQwen2VLForConditionalGeneration",
+            "VisionSelectorQwen3VLForConditionalGeneration",
+            "VisionSelectorQwen3VLMoeForConditionalGeneration",
+        )
+    },
 }
 
 

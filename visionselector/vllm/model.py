@@ -2,16 +2,21 @@
 
 What the subclass changes (everything else is vLLM's `Qwen2_5_VLForConditionalGeneration`):
 
-- `embed_multimodal`: the vision encoder runs on every item (in groups no larger than the encoder budget vLLM
-  profiled, since the scheduler counts an item as its k kept tokens), then the scorer of
-  `modeling_visionselector.scoring` scores each item's merged tokens and the top k (the item's placeholder count)
-  are kept in their original order. Each kept embedding carries its rotary offset from the item's anchor in
-  `NUM_OFFSET_CHANNELS` extra channels (see `positions.py`).
-- `get_mrope_input_positions`: the prompt's positions, computed once when the request arrives: exact for every
-  text token and for where generation continues; each kept visual placeholder gets its item's anchor.
+- `embed_multimodal`: the vision encoder runs on the items in groups no larger than the encoder budget vLLM
+  profiled (the scheduler counts an item as its k kept tokens); right after each group, the scorer of
+  `modeling_visionselector.scoring` scores each item's merged tokens, the top k (the item's placeholder count)
+  are kept in their original order and the group's full features are freed. Each kept embedding carries its
+  rotary offset from the item's anchor in `NUM_OFFSET_CHANNELS` extra channels (see `positions.py`). No GPU sync:
+  the grids and counts are host-side fields, the per-item tables reach the GPU by asynchronous copies.
+- `get_mrope_input_positions`: the prompt's positions, computed once when the request arrives (and again, on the
+  prompt plus its generated tokens, when Model Runner V2 resumes a preempted request: generated tokens are
+  numbered like text, so they get back the positions they were decoded at): exact for every text token and for
+  where generation continues; each kept visual placeholder gets its item's anchor.
 - `embed_input_ids`: strips the offset channels of the embeddings fed in this step and writes the offsets, at
   the tokens they belong to, into a buffer of the model; `forward` adds that buffer to the step's positions, in
   place (so that the buffers CUDA graphs captured see it too). A step that feeds no visual token adds zeros.
+- What the worker must never meet is refused before: bad requests by the processor (`processing.py`), engine
+  settings and checkpoints of families this file does not serve by `check_supported`, in `__init__`.
 - `hf_to_vllm_mapper`: the scorer loads from `scorer.*`, or from the paper's `visual.importance_scorer.*`.
 - `__init__` refuses, with a `ValueError` naming it, what this cannot serve (`check_supported`).
 """
@@ -34,7 +39,6 @@ from vllm.model_executor.models.utils import WeightsMapper
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFeatureSpec
 from vllm.multimodal.utils import copy_mm_embedding_modality
-from vllm.utils.gpu_sync_debug import gpu_sync_allowed
 from vllm.utils.torch_utils import async_tensor_h2d
 
 from modeling_visionselector.scoring import VisionSelectorScorer, item_topk
@@ -42,7 +46,6 @@ from modeling_visionselector.scoring import VisionSelectorScorer, item_topk
 from .positions import (
     NUM_OFFSET_CHANNELS,
     PrunedItem,
-    check_offsets_fit,
     decode_offsets,
     encode_offsets,
     kept_token_offsets,
@@ -50,6 +53,8 @@ from .positions import (
 )
 from .processing import VisionSelectorMultiModalProcessor, VisionSelectorProcessingInfo
 
+# The `model_type` of the checkpoints this model class serves (VisionSelector's Qwen2.5-VL configuration).
+SERVED_MODEL_TYPE = "visionselector_qwen2_5_vl"
 # The paper's checkpoints keep the scorer inside the vision tower; ours at the top level.
 SCORER_RENAMING = WeightsMapper(orig_to_new_regex={re.compile(r"^(model\.)?visual\.importance_scorer\."): "scorer."})
 
@@ -64,6 +69,13 @@ def check_supported(vllm_config: VllmConfig) -> None:
             "folder: write a full checkpoint first with `visionselector-hub merge --scorer <artifact> --output_dir "
             "<folder>` and serve that folder."
         )
+    model_type = getattr(config, "model_type", None)
+    if model_type != SERVED_MODEL_TYPE:
+        raise ValueError(
+            f"{model_config.model} is a {model_type!r} checkpoint; the VisionSelector vLLM plugin serves "
+            f"{SERVED_MODEL_TYPE!r} (Qwen2.5-VL) checkpoints only. Serve this one with transformers "
+            "(`VisionSelectorForConditionalGeneration.generate`)."
+        )
     multimodal_config = model_config.get_multimodal_config()
     if multimodal_config.is_multimodal_pruning_enabled():
         raise ValueError(
@@ -76,10 +88,27 @@ def check_supported(vllm_config: VllmConfig) -> None:
         "--pipeline-parallel-size > 1": vllm_config.parallel_config.pipeline_parallel_size > 1,
         "--enable-dbo (micro-batching)": vllm_config.parallel_config.use_ubatching,
         "speculative decoding": vllm_config.speculative_config is not None,
+        # LoRA on the vision tower and connector counts an item's encoder tokens from its placeholders (k), not
+        # from the n merged tokens the encoder really produces
+        "--enable-tower-connector-lora": bool(getattr(vllm_config.lora_config, "enable_tower_connector_lora", False)),
     }
     for setting, used in unsupported.items():
         if used:
             raise ValueError(f"The VisionSelector vLLM plugin does not support {setting} yet; drop that setting.")
+
+
+class UnservedVisionSelectorFamily(torch.nn.Module):
+    """What vLLM builds for a VisionSelector family the plugin does not serve: a `ValueError` that says so."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        model_config = vllm_config.model_config
+        raise ValueError(
+            f"{model_config.model} is a {getattr(model_config.hf_config, 'model_type', None)!r} VisionSelector "
+            f"checkpoint ({', '.join(model_config.architectures or [])}); the VisionSelector vLLM plugin serves "
+            f"{SERVED_MODEL_TYPE!r} (Qwen2.5-VL) checkpoints only. Serve this one with transformers "
+            "(`generate` of the checkpoint's model class); vLLM's Transformers backend would not prune it."
+        )
 
 
 def encoder_groups(sizes: Sequence[int], budget: int) -> list[slice]:
@@ -147,54 +176,75 @@ class VisionSelectorQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalG
 
     # ------------------------------------------------------------------ selection
 
-    def _encode(self, modality: str, item_input) -> list[torch.Tensor]:
-        """Merged tokens of every item of one modality, the encoder run on groups within `encoder_budget`."""
+    def _kept_embeddings(self, modality: str, item_input, num_kept: list[int], tables) -> list[torch.Tensor]:
+        """Each item's kept embeddings and their offsets, the encoder run on groups within `encoder_budget`.
+
+        The scheduler counts an item as its k kept tokens, so one step may bring up to budget / r merged tokens at
+        ratio r. Each group's full features are scored and cut to their k kept tokens before the next group runs,
+        and freed then: peak memory is one group's encoder run and features (what vLLM profiled) plus the kept
+        embeddings of the step (at most the encoder budget), at any ratio. The scorer scores each item on its own
+        (its mean key is the item's), so scoring per item is the same as scoring the group at once.
+        """
         process = self._process_image_input if modality == "image" else self._process_video_input
-        if item_input["type"] not in ("pixel_values", "pixel_values_videos"):
-            return list(process(item_input))  # embeddings given by the caller: nothing to encode
-        pixels_key = item_input["type"]
-        grid = item_input[f"{modality}_grid_thw"]
-        patches = grid.prod(-1).tolist()
         merge = self.visual.spatial_merge_size
-        starts = [0]
-        for count in patches:
-            starts.append(starts[-1] + count)
-        features = []
-        for group in encoder_groups([count // merge**2 for count in patches], self.encoder_budget):
-            fields = {
-                pixels_key: item_input[pixels_key][starts[group.start] : starts[group.stop]],
-                f"{modality}_grid_thw": grid[group],
-            }
-            if modality == "image":
-                part = Qwen2_5_VLImagePixelInputs(type="pixel_values", **fields)
-            else:
-                seconds = item_input.get("second_per_grid_ts")
-                part = Qwen2_5_VLVideoPixelInputs(
-                    type="pixel_values_videos", second_per_grid_ts=None if seconds is None else seconds[group], **fields
-                )
-            features.extend(process(part))
-        return features
+        grid = item_input[f"{modality}_grid_thw"]  # on the CPU (vLLM keeps it there)
+        grids = [(t, h // merge, w // merge) for t, h, w in grid.tolist()]
+        if item_input["type"] not in ("pixel_values", "pixel_values_videos"):
+            # embeddings given by the caller: nothing to encode
+            groups, parts = [slice(0, len(grids))], [item_input]
+        else:
+            pixels_key = item_input["type"]
+            patches = grid.prod(-1).tolist()
+            starts = [0]
+            for count in patches:
+                starts.append(starts[-1] + count)
+            groups = encoder_groups([count // merge**2 for count in patches], self.encoder_budget)
+            parts = []
+            for group in groups:
+                fields = {
+                    pixels_key: item_input[pixels_key][starts[group.start] : starts[group.stop]],
+                    f"{modality}_grid_thw": grid[group],
+                }
+                if modality == "image":
+                    parts.append(Qwen2_5_VLImagePixelInputs(type="pixel_values", **fields))
+                else:
+                    seconds = item_input.get("second_per_grid_ts")
+                    parts.append(
+                        Qwen2_5_VLVideoPixelInputs(
+                            type="pixel_values_videos",
+                            second_per_grid_ts=None if seconds is None else seconds[group],
+                            **fields,
+                        )
+                    )
+        outputs = []
+        for group, part in zip(groups, parts):
+            # the group's full features live only during this call: freed before the next group runs
+            outputs.extend(self._select(process(part), num_kept[group], grids[group], tables[group]))
+        return outputs
+
+    def _select(self, features, num_kept: list[int], grids, tables) -> list[torch.Tensor]:
+        """The kept embeddings of some items, `(k, hidden_size + NUM_OFFSET_CHANNELS)` each, from their features."""
+        outputs = []
+        for item, k, grid, table in zip(features, num_kept, grids, tables):
+            scores = self.scorer(item, [item.shape[0]])  # (n,)
+            kept = item_topk(scores, k)  # (k,) ascending
+            offsets = kept_token_offsets(kept, grid, async_tensor_h2d(table, kept.device))  # (k, 3)
+            outputs.append(torch.cat([item[kept], encode_offsets(offsets, item.dtype)], dim=1))
+        return outputs
 
     def embed_multimodal(self, **kwargs: object) -> tuple[torch.Tensor, ...]:
         """Kept embeddings of every item, each `(k, hidden_size + NUM_OFFSET_CHANNELS)`: features, then offsets."""
         inputs = self._parse_and_validate_multimodal_inputs(**kwargs)
-        merge = self.visual.spatial_merge_size
         outputs = []
         for modality, item_input in inputs.items():  # the order vLLM passed the modalities in
-            features = self._encode(modality, item_input)
-            grids = [(t, h // merge, w // merge) for t, h, w in item_input[f"{modality}_grid_thw"].tolist()]
+            # host-side metadata: vLLM keeps these fields on the CPU (`keep_on_cpu`), so no GPU sync reads them
             num_kept = torch.as_tensor(kwargs[f"{modality}_num_kept_tokens"]).reshape(-1).tolist()
             if modality == "video":
-                tables = torch.as_tensor(kwargs["video_temporal_positions"]).split([t for t, _, _ in grids])
+                frames = item_input["video_grid_thw"][:, 0].tolist()
+                tables = list(torch.as_tensor(kwargs["video_temporal_positions"]).split(frames))
             else:
-                tables = [torch.zeros(1, dtype=torch.long)] * len(grids)
-            lengths = [item.shape[0] for item in features]
-            scores = self.scorer(torch.cat(features), lengths)  # (N,)
-            for item, item_scores, k, grid, table in zip(features, scores.split(lengths), num_kept, grids, tables):
-                check_offsets_fit(grid, table)
-                kept = item_topk(item_scores, int(k))  # (k,) ascending
-                offsets = kept_token_offsets(kept, grid, async_tensor_h2d(table, kept.device))  # (k, 3)
-                outputs.append(torch.cat([item[kept], encode_offsets(offsets, item.dtype)], dim=1))
+                tables = [torch.zeros(1, dtype=torch.long)] * len(num_kept)
+            outputs.extend(self._kept_embeddings(modality, item_input, num_kept, tables))
         return tuple(outputs)
 
     def get_encoder_cudagraph_config(self):
@@ -227,9 +277,10 @@ class VisionSelectorQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalG
                 for embedding in multimodal_embeddings
             ]
             step = self.visual_position_offsets[:, : input_ids.shape[0]]
-            with gpu_sync_allowed():  # the runners build `is_multimodal` on the CPU: its indices cost no GPU sync
-                index = is_multimodal.nonzero().squeeze(1).to(step.device)
-                step[:, index] = decode_offsets(codes).T.to(step.device)
+            # The runners build `is_multimodal` on the CPU: its indices cost no GPU sync, and reach the GPU by an
+            # asynchronous copy from pinned memory.
+            index = async_tensor_h2d(is_multimodal.nonzero().squeeze(1), step.device)
+            step[:, index] = decode_offsets(codes).T
             self._offsets_written = True
         return super().embed_input_ids(input_ids, multimodal_embeddings, is_multimodal=is_multimodal)
 

@@ -3,15 +3,20 @@
 The stock `get_rope_index` (transformers 5.x) numbers a prompt like this: text tokens count up by one on all three
 rows; an item (image or video) of merged grid (t, h, w) starting at position p gives its token at (i, j, l) the
 position (p + T[i], p + j, p + l), where T[i] = int(i * time_interval) is the item's temporal position table
-(all zeros for an image); the text after the item continues at p + max(h, w). Generated tokens continue at the
-largest position of the prompt + 1.
+(all zeros for an image); the text after the item continues at p + max(h, w). transformers' `generate` continues
+after the last prompt position (+ 1 per new token), so generated tokens are numbered exactly like more text at the
+end of the prompt: under vLLM's Model Runner V2, a request resumed after preemption re-prefills its prompt plus the
+tokens it generated through `get_mrope_input_positions`, and those tokens get the positions they were decoded at.
+(A forward with a cache, then decoding, continues after the prompt's largest position instead; a late frame of a
+long video can hold that one, beyond the text after the video. That rule would give a re-prefilled generated token
+another position than the one it was decoded at, since the worker cannot tell prompt from generated tokens.)
 
 A pruned prompt keeps k = max(1, int(r * n)) of an item's n placeholders. Which k is known only after the vision
 encoder and the scorer ran, but everything else is not:
 
 - text positions depend only on the grids, so they are exact up front (`prompt_positions`), for the whole prompt,
   whatever part of it a prefix-cache hit or a chunked prefill skips;
-- the largest position of the full prompt, and hence where generation continues, depends only on the grids too;
+- where generation continues (after the last prompt token, which is text: see `prompt_positions`) too;
 - each kept visual placeholder is given its item's anchor p on all three rows up front; the kept token's own
   offset (T[i], j, l) from p is computed right after the selection (`kept_token_offsets`) and travels with its
   embedding (`encode_offsets`), through vLLM's encoder cache, to the step that feeds the token to the language
@@ -61,17 +66,10 @@ def temporal_positions(num_frames: int, time_interval: float | torch.Tensor) -> 
     return (torch.arange(num_frames) * time_interval).long()
 
 
-def prompt_positions(num_tokens: int, items: Sequence[PrunedItem]) -> tuple[torch.LongTensor, int]:
-    """Positions of a pruned prompt: exact for text, the item anchor for every kept visual placeholder.
+def _walk(num_tokens: int, items: Sequence[PrunedItem]) -> tuple[list[torch.LongTensor], int, int]:
+    """The positions of a pruned prompt in pieces, the next text position after it, and its largest position.
 
-    Args:
-        num_tokens (`int`): length of the pruned prompt.
-        items (`Sequence[PrunedItem]`): its images and videos, in any order.
-
-    Returns:
-        `(torch.LongTensor of shape (3, num_tokens), int)`: the positions, and the M-RoPE delta (the position of
-        generated token number `num_tokens + m` is `num_tokens + m + delta`, as in the stock model on the full
-        prompt: the largest position of the full prompt + 1 for m = 0).
+    The largest position is that of the full (unpruned) prompt: a dropped token of a video can hold it.
     """
     pieces = []
     position = 0  # the next text position
@@ -94,8 +92,33 @@ def prompt_positions(num_tokens: int, items: Sequence[PrunedItem]) -> tuple[torc
     pieces.append(torch.arange(position, position + num_tokens - start).expand(3, -1))
     position += num_tokens - start
     largest = max(largest, position - 1)
+    return pieces, position, largest
+
+
+def prompt_positions(num_tokens: int, items: Sequence[PrunedItem]) -> tuple[torch.LongTensor, int]:
+    """Positions of a pruned prompt: exact for text, the item anchor for every kept visual placeholder.
+
+    Args:
+        num_tokens (`int`): length of the pruned prompt (under vLLM's Model Runner V2, of the prompt plus the tokens
+            generated before a preemption: they are numbered like text, as they were when decoded).
+        items (`Sequence[PrunedItem]`): its images and videos, in any order.
+
+    Returns:
+        `(torch.LongTensor of shape (3, num_tokens), int)`: the positions, and the M-RoPE delta (the position of
+        generated token number `num_tokens + m` is `num_tokens + m + delta`, the last prompt position + 1 + m, as
+        transformers' `generate` numbers them).
+    """
+    # A prompt that ends with placeholders would continue after its last kept token's own (t, h, w) position in
+    # transformers, three different rows one delta cannot express: the processor refuses such prompts (here, in the
+    # worker, an exception would end the engine for every request).
+    pieces, next_position, _ = _walk(num_tokens, items)
     positions = torch.cat(pieces, dim=1) if pieces else torch.zeros(3, 0, dtype=torch.long)
-    return positions, largest + 1 - num_tokens
+    return positions, next_position - num_tokens
+
+
+def largest_prompt_position(num_tokens: int, items: Sequence[PrunedItem]) -> int:
+    """The largest rotary position of the full (unpruned) prompt that a pruned prompt stands for."""
+    return _walk(num_tokens, items)[2]
 
 
 def kept_token_offsets(
@@ -118,12 +141,23 @@ def kept_token_offsets(
     return torch.stack([item_temporal_positions[frame], row, column], dim=1)
 
 
-def check_offsets_fit(grid: tuple[int, int, int], item_temporal_positions: torch.LongTensor) -> None:
-    """A `ValueError` if an item's offsets could exceed `MAX_OFFSET`, what `encode_offsets` carries (CPU tensors)."""
+def check_offsets_fit(
+    grid: tuple[int, int, int], item_temporal_positions: torch.LongTensor, max_position_embeddings: int
+) -> None:
+    """A `ValueError` if an item's position offsets from its anchor reach `max_position_embeddings` (or pass
+    `MAX_OFFSET`, what `encode_offsets` carries). Called by the processor, where a `ValueError` refuses one request;
+    in the worker it would end the engine for all of them.
+    """
     _, height, width = grid
     largest = max(int(item_temporal_positions.max()), height - 1, width - 1)
-    if largest > MAX_OFFSET:
-        raise ValueError(f"Position offsets must lie in [0, {MAX_OFFSET}], this item reaches {largest}.")
+    limit = min(max_position_embeddings - 1, MAX_OFFSET)
+    if largest > limit:
+        raise ValueError(
+            f"An item of merged grid (t, h, w) = {tuple(grid)} spans {largest + 1} rotary positions (its last temporal "
+            f"position is {int(item_temporal_positions.max())}); position offsets must lie in [0, {limit}] "
+            f"(max_position_embeddings = {max_position_embeddings}). Sample fewer frames or at a higher fps, or use "
+            "smaller images."
+        )
 
 
 def encode_offsets(offsets: torch.LongTensor, dtype: torch.dtype) -> torch.Tensor:

@@ -11,6 +11,10 @@ vLLM's Qwen2.5-VL processor is reused; three things change:
 - each video's temporal position table (`video_temporal_positions`, integers) is computed from the processor's own
   float32 `second_per_grid_ts`, exactly as transformers computes it, before vLLM casts floating outputs to the
   model dtype (bfloat16 would shift fractional seconds per grid).
+
+What the worker cannot serve is refused here, where a `ValueError` fails one request (HTTP 400); in the worker an
+exception ends the engine for every request: an item whose positions span `max_position_embeddings` or more
+(`check_offsets_fit`), and a prompt that ends with placeholders (see `positions.prompt_positions`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
 from modeling_visionselector.scoring import num_kept_tokens, validate_retention_ratio
 
-from .positions import temporal_positions
+from .positions import check_offsets_fit, temporal_positions
 
 RETENTION_RATIO_KEY = "retention_ratio"
 MODALITIES = ("image", "video")
@@ -110,7 +114,30 @@ class VisionSelectorMultiModalProcessor(Qwen2_5_VLMultiModalProcessor):
                 processed_data.get("second_per_grid_ts"),
                 getattr(config.vision_config, "tokens_per_second", 1),
             )
+        # Every item (a cache hit was checked when it was first processed, under the same server settings).
+        max_positions = config.get_text_config().max_position_embeddings
+        for modality in MODALITIES:
+            grids = processed_data.get(f"{modality}_grid_thw")
+            if grids is None:
+                continue
+            if modality == "video":
+                tables = processed_data["video_temporal_positions"].split(grids[:, 0].tolist())
+            else:
+                tables = [torch.zeros(1, dtype=torch.long)] * len(grids)
+            for (t, h, w), table in zip(grids.tolist(), tables):
+                check_offsets_fit((t, h // merge, w // merge), table, max_positions)
         return processed_data
+
+    def apply(self, inputs, timing_ctx):
+        outputs = super().apply(inputs, timing_ctx)
+        ends = [item.offset + item.length for ranges in outputs["mm_placeholders"].values() for item in ranges]
+        if ends and max(ends) == len(outputs["prompt_token_ids"]):
+            raise ValueError(
+                "The prompt ends with the placeholders of an image or video; end it with text (the chat template "
+                "puts <|vision_end|> after every item). Generated tokens continue after the last prompt position, "
+                "which for a pruned item is known only after the encoder ran."
+            )
+        return outputs
 
     def _get_mm_fields_config(
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]

@@ -69,10 +69,18 @@ class VisionSelectorScorer(nn.Module):
         """
         if sum(lengths) != features.shape[0]:
             raise ValueError(f"Item lengths {lengths} sum to {sum(lengths)}, but {features.shape[0]} features were given.")
-        item = segment_ids(lengths, device=features.device)  # (N,)
+        # No GPU sync (vLLM serves with this code): the lengths reach the device by an asynchronous copy from
+        # pinned memory, and `output_size` spares repeat_interleave reading the repeats back.
+        host_lengths = torch.tensor(lengths, dtype=torch.long)
+        if features.is_cuda:
+            host_lengths = host_lengths.pin_memory()
+        device_lengths = host_lengths.to(features.device, non_blocking=True)
+        item = torch.repeat_interleave(
+            torch.arange(len(lengths), device=features.device), device_lengths, output_size=features.shape[0]
+        )  # (N,)
         # Per-item mean token, accumulated in at least float32 so that 16k bf16 tokens average without drift.
         accumulate = torch.promote_types(features.dtype, torch.float32)
-        counts = torch.as_tensor(lengths, device=features.device, dtype=accumulate)[:, None]
+        counts = device_lengths.to(accumulate)[:, None]
         mean_tokens = torch.zeros(len(lengths), features.shape[-1], device=features.device, dtype=accumulate)
         mean_tokens = mean_tokens.index_add(0, item, features.to(accumulate)) / counts  # (items, D)
         # In the projections' dtype: a trainer may keep the scorer in float32 on a half-precision backbone.
