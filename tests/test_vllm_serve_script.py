@@ -15,7 +15,7 @@ spec.loader.exec_module(vllm_serve)
 
 def test_arguments():
     parity = vllm_serve.parse_args(["parity"])
-    assert parity.ratios == [1.0, 0.3, 0.1] and parity.max_tokens == 4
+    assert parity.ratios == [1.0, 0.3, 0.1] and parity.max_tokens is None  # the longest answer + 1
     speed = vllm_serve.parse_args(["speed", "--batch", "8"])
     assert speed.ratios == [0.5, 0.3, 0.2, 0.1] and speed.max_tokens == 64 and speed.batch == 8
     assert vllm_serve.parse_args(["speed", "--ratios", "0.25,1"]).ratios == [0.25, 1.0]
@@ -75,3 +75,44 @@ def test_speed_requests():
     (frames, metadata), = [request["multi_modal_data"]["video"] for request in vllm_serve.speed_requests(args, "video", None)[:1]]
     assert frames.shape == (4, 56, 56, 3) and metadata["fps"] == 2.0
     assert "mm_processor_kwargs" not in vllm_serve.speed_requests(args, "video", None)[0]
+
+
+def test_parity_counts_whole_answers_by_their_tokens():
+    processor = AutoProcessor.from_pretrained(vllm_serve.TINY_CHECKPOINT, trust_remote_code=False)
+    tokenizer = processor.tokenizer
+    # an answer is several words: as one token it is unknown, which made every sample count as wrong
+    assert tokenizer.convert_tokens_to_ids("red yellow blue") == tokenizer.unk_token_id
+    answer = vllm_serve.answer_token_ids(tokenizer, "red yellow blue")
+    assert answer == tokenizer.convert_tokens_to_ids(["red", "yellow", "blue"]) + [tokenizer.eos_token_id]
+    assert tokenizer.unk_token_id not in answer
+    wrong = tokenizer.convert_tokens_to_ids(["red", "blue", "yellow"]) + [tokenizer.eos_token_id]
+    generated = [answer, wrong, answer[:-1] + [answer[0]], answer + [0]]
+    assert vllm_serve.whole_answer_accuracy(generated, [answer] * 4) == 0.5
+    with pytest.raises(ValueError, match="no token for a word"):
+        vllm_serve.answer_token_ids(tokenizer, "red magenta")
+
+
+def test_speed_runs_each_engine_in_its_own_process(tmp_path, monkeypatch):
+    argv = ["speed", "--out", str(tmp_path), "--ratios", "0.5,0.1"]
+    args = vllm_serve.parse_args(argv)
+    commands = []
+
+    def run(command, check):
+        assert check
+        commands.append(command)
+        child = vllm_serve.parse_args(command[2:])
+        assert child.engine is not None and child.ratios == [0.5, 0.1]
+        rows = [{"engine": child.engine, "input": "video", vllm_serve.TTFT_MEAN: 0.5, vllm_serve.KV_BLOCKS: 3}]
+        (child.out / f"engine-{child.engine}.json").parent.mkdir(parents=True, exist_ok=True)
+        (child.out / f"engine-{child.engine}.json").write_text(json.dumps(rows))
+
+    monkeypatch.setattr(vllm_serve.subprocess, "run", run)
+    table = vllm_serve.run_speed(args, argv)
+    assert [vllm_serve.parse_args(c[2:]).engine for c in commands] == ["stock", "evs-0.5", "evs-0.9", "plugin"]
+    assert all(c[1] == str(Path(vllm_serve.__file__).resolve()) for c in commands)
+    header = table.splitlines()[0]
+    assert "TTFT mean s (incl. queueing)" in header and "KV blocks (computed)" in header
+    meta = json.loads((tmp_path / "speed.json").read_text())["meta"]
+    assert "queueing" in meta["note"] and "not read from the engine" in meta["note"]
+    with pytest.raises(ValueError, match="--engine must be one of"):
+        vllm_serve.run_speed(vllm_serve.parse_args([*argv, "--engine", "nope"]), argv)
