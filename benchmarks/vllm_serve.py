@@ -239,7 +239,9 @@ def measure(llm, requests, max_tokens: int) -> dict:
         TTFT_MEAN: statistics.mean(ttft) if ttft else None,
         TTFT_MEDIAN: statistics.median(ttft) if ttft else None,
         "output tok/s": sum(len(o.outputs[0].token_ids) for o in outputs) / wall,
-        KV_BLOCKS: sum(math.ceil((len(o.prompt_token_ids) + len(o.outputs[0].token_ids)) / block_size) for o in outputs),
+        KV_BLOCKS: sum(
+            math.ceil((len(o.prompt_token_ids) + len(o.outputs[0].token_ids)) / block_size) for o in outputs
+        ),
     }
 
 
@@ -269,8 +271,12 @@ def run_engine(args, name: str, folder: Path, extra: dict, ratios: list) -> list
         if name.startswith("evs") and kind == "image":
             continue  # EVS prunes video only
         for ratio in ratios:
-            label = (f"EVS {name.removeprefix('evs-')}" if name.startswith("evs") else name) if ratio is None else f"plugin r={ratio}"
-            rows.append({"engine": label, "input": kind, **measure(llm, speed_requests(args, kind, ratio), args.max_tokens)})
+            if ratio is not None:
+                label = f"plugin r={ratio}"
+            else:
+                label = f"EVS {name.removeprefix('evs-')}" if name.startswith("evs") else name
+            requests = speed_requests(args, kind, ratio)
+            rows.append({"engine": label, "input": kind, **measure(llm, requests, args.max_tokens)})
             print(rows[-1], file=sys.stderr, flush=True)
     return rows
 

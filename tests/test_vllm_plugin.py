@@ -705,7 +705,8 @@ def test_a_video_whose_positions_pass_max_position_embeddings_is_refused_by_the_
     frames = np.zeros((24, 28, 28, 3), dtype=np.uint8)
     prompt_ids = engine.processor.info.get_tokenizer().encode(make_prompt(["video"]))
     assert engine.model_config.hf_config.get_text_config().max_position_embeddings == 4096
-    with pytest.raises(ValueError, match=r"spans 4401 rotary positions.*\[0, 4095\] \(max_position_embeddings = 4096\)"):
+    message = r"spans 4401 rotary positions.*\[0, 4095\] \(max_position_embeddings = 4096\)"
+    with pytest.raises(ValueError, match=message):
         engine.processor(
             prompt_ids,
             engine.processor.info.parse_mm_data({"video": [(frames, video_metadata(24, 0.01))]}),
@@ -734,7 +735,8 @@ def test_families_not_served_are_refused_not_served_by_the_transformers_backend(
             model="ckpt", hf_config=SimpleNamespace(model_type="visionselector_qwen3_vl"), architectures=[architecture]
         )
     )
-    with pytest.raises(ValueError, match=r"'visionselector_qwen3_vl' VisionSelector checkpoint.*serves 'visionselector_qwen2_5_vl'"):
+    message = r"'visionselector_qwen3_vl' VisionSelector checkpoint.*serves 'visionselector_qwen2_5_vl'"
+    with pytest.raises(ValueError, match=message):
         model_class(vllm_config=config)
 
 
