@@ -31,9 +31,11 @@ from transformers.video_utils import VideoMetadata  # noqa: E402
 from vllm import ModelRegistry  # noqa: E402
 from vllm.config import DeviceConfig, LoRAConfig, ModelConfig, VllmConfig, set_current_vllm_config  # noqa: E402
 from vllm.distributed import init_distributed_environment, initialize_model_parallel  # noqa: E402
+from vllm.exceptions import VLLMValidationError  # noqa: E402
 from vllm.model_executor.model_loader import get_model_loader  # noqa: E402
 from vllm.model_executor.model_loader.utils import process_weights_after_loading  # noqa: E402
 from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration  # noqa: E402
 from vllm.multimodal import MULTIMODAL_REGISTRY  # noqa: E402
 from vllm.multimodal.inputs import MultiModalFeatureSpec  # noqa: E402
 from vllm.multimodal.utils import group_and_batch_mm_kwargs, strip_covered_mm_data  # noqa: E402
@@ -44,12 +46,13 @@ from vllm.v1.worker.gpu.mm.rope import RopeState  # noqa: E402
 from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer  # noqa: E402
 from modeling_visionselector.scoring import VisionSelectorScorer, num_kept_tokens  # noqa: E402
 from visionselector.merge import merge_scorer_artifact  # noqa: E402
-from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl  # noqa: E402
+from visionselector.tiny import tiny_model, tiny_processor, tiny_qwen2_5_vl  # noqa: E402
 from visionselector.vllm import ARCHITECTURES, register  # noqa: E402
 from visionselector.vllm.model import (  # noqa: E402
     SCORER_RENAMING,
     UnservedVisionSelectorFamily,
     VisionSelectorQwen2_5_VLForConditionalGeneration,
+    VisionSelectorQwen3VLForConditionalGeneration,
     check_supported,
     encoder_groups,
 )
@@ -105,11 +108,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build_model(model_config: ModelConfig) -> VisionSelectorQwen2_5_VLForConditionalGeneration:
+def build_model(model_config: ModelConfig):
     """The model vLLM would build for `model_config`, its weights loaded by vLLM's default loader (strict)."""
     vllm_config = VllmConfig(model_config=model_config, device_config=DeviceConfig(device="cpu"))
+    model_class, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config=model_config)
     with set_current_vllm_config(vllm_config):
-        model = VisionSelectorQwen2_5_VLForConditionalGeneration(vllm_config=vllm_config).eval()
+        model = model_class(vllm_config=vllm_config).eval()
         get_model_loader(vllm_config.load_config).load_weights(model, model_config)
         process_weights_after_loading(model, model_config, torch.device("cpu"))
     return model
@@ -726,16 +730,18 @@ def test_a_prompt_that_ends_with_placeholders_is_refused_by_the_processor(engine
         engine.processor(prompt_ids, engine.processor.info.parse_mm_data(mm_data(["wide"])), hf_processor_mm_kwargs={})
 
 
-@pytest.mark.parametrize("architecture", sorted(set(ARCHITECTURES) - {"VisionSelectorForConditionalGeneration"}))
+@pytest.mark.parametrize(
+    "architecture", sorted(name for name, target in ARCHITECTURES.items() if target.endswith(":UnservedVisionSelectorFamily"))
+)
 def test_families_not_served_are_refused_not_served_by_the_transformers_backend(engine, architecture):
     model_class, _ = ModelRegistry.resolve_model_cls([architecture], model_config=engine.model_config)
     assert model_class is UnservedVisionSelectorFamily
     config = SimpleNamespace(
         model_config=SimpleNamespace(
-            model="ckpt", hf_config=SimpleNamespace(model_type="visionselector_qwen3_vl"), architectures=[architecture]
+            model="ckpt", hf_config=SimpleNamespace(model_type="visionselector_qwen2_vl"), architectures=[architecture]
         )
     )
-    message = r"'visionselector_qwen3_vl' VisionSelector checkpoint.*serves 'visionselector_qwen2_5_vl'"
+    message = r"'visionselector_qwen2_vl' VisionSelector checkpoint.*serves 'visionselector_qwen2_5_vl'.*Qwen3-VL: images"
     with pytest.raises(ValueError, match=message):
         model_class(vllm_config=config)
 
@@ -781,3 +787,130 @@ def test_the_scorer_needs_no_host_sync():
     scorer = VisionSelectorScorer(16, 8).to("meta")
     scores = scorer(torch.empty(10, 16, device="meta"), [3, 7])
     assert scores.shape == (10,) and scores.device.type == "meta"
+
+
+# ---------------------------------------------------------------------------------------------------- Qwen3-VL
+
+
+@pytest.fixture(scope="module")
+def qwen3(engine, tmp_path_factory):
+    """A merged tiny VisionSelector Qwen3-VL checkpoint (deepstack layers): vLLM's processor and model, and the
+    transformers model beside them."""
+    root = tmp_path_factory.mktemp("qwen3_vl")
+    # sharded, as the Hub holds big backbones (transformers loads a merged unsharded one without its scorer shard)
+    tiny_model("qwen3_vl", seed=0).save_pretrained(root / "base", max_shard_size="200KB")
+    torch.manual_seed(5)
+    with_scorer = VisionSelectorForConditionalGeneration.from_backbone(str(root / "base"))
+    processor = tiny_processor(family="qwen3_vl")
+    save_scorer(with_scorer, root / "artifact", processor=processor, base_model_name_or_path=str(root / "base"))
+    merged = merge_scorer_artifact(root / "artifact", root / "full")
+    model_config = ModelConfig(model=str(merged), trust_remote_code=True, dtype="float32", max_model_len=4096)
+    model = build_model(model_config)  # strict: every parameter, the scorer included, from the merged folder
+    return SimpleNamespace(
+        model_config=model_config,
+        model=model,
+        processor=MULTIMODAL_REGISTRY.create_processor(model_config),
+        hf_processor=processor,
+        reference=AutoModel.from_pretrained(merged, trust_remote_code=True).eval(),
+    )
+
+
+def qwen3_features(qwen3, items: list[str], ratio: float):
+    tokenizer = qwen3.processor.info.get_tokenizer()
+    out = qwen3.processor(
+        tokenizer.encode(make_prompt(items)),
+        qwen3.processor.info.parse_mm_data(mm_data(items)),
+        hf_processor_mm_kwargs={"retention_ratio": ratio},
+    )
+    features = [
+        MultiModalFeatureSpec(
+            data=out["mm_kwargs"]["image"][index],
+            modality="image",
+            identifier=out["mm_hashes"]["image"][index],
+            mm_position=out["mm_placeholders"]["image"][index],
+        )
+        for index in range(len(out["mm_placeholders"]["image"]))
+    ]
+    return out, features
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.3, 0.05])
+def test_qwen3_vl_images_are_served_as_the_transformers_model_prunes_them(qwen3, ratio):
+    """Registration, placeholders, selection with the deepstack features of the kept tokens, and positions against
+    transformers' Qwen3-VL `get_rope_index` on the full prompt, with chunked prefill and prefix-cache hits."""
+    model = qwen3.model
+    assert isinstance(model, VisionSelectorQwen3VLForConditionalGeneration)
+    assert isinstance(model, Qwen3VLForConditionalGeneration) and model.use_deepstack
+    for name, value in qwen3.reference.scorer.state_dict().items():
+        assert torch.equal(model.scorer.state_dict()[name], value)
+
+    items = ["wide", "tall"]
+    out, features = qwen3_features(qwen3, items, ratio)
+    prompt_ids = out["prompt_token_ids"]
+    inputs = qwen3.hf_processor(
+        text=[make_prompt(items)], images=[IMAGES[item] for item in items], return_tensors="pt"
+    )
+    ids = inputs["input_ids"]
+    full_positions, _ = qwen3.reference.model.get_rope_index(
+        ids, mm_token_type_ids=(ids == TOKEN_IDS["image"]).long(), image_grid_thw=inputs["image_grid_thw"]
+    )
+    full_positions = full_positions[:, 0]
+    with torch.no_grad():
+        selection = qwen3.reference.select_visual_tokens(
+            inputs["pixel_values"], inputs["image_grid_thw"], None, None, retention_ratio=ratio
+        )
+    keep = torch.ones(ids.shape[1], dtype=torch.bool)
+    starts = [int(index) for index in torch.nonzero(ids[0] == TOKEN_IDS["image"]).flatten()
+              if index == 0 or ids[0, index - 1] != TOKEN_IDS["image"]]
+    for start, item_features, kept in zip(starts, selection.features, selection.kept_indices):
+        run = torch.zeros(item_features.shape[0], dtype=torch.bool)
+        run[kept] = True
+        keep[start : start + run.numel()] = run
+    assert prompt_ids == ids[0, keep].tolist()
+    assert [f.mm_position.length for f in features] == [len(kept) for kept in selection.kept_indices]
+
+    outputs = encoder_outputs(model, features)
+    width = selection.features[0].shape[1]
+    layers = len(selection.deepstack_features[0])
+    for feature, item_features, deepstack, kept in zip(
+        features, selection.features, selection.deepstack_features, selection.kept_indices
+    ):
+        output = outputs[feature.identifier]
+        assert output.shape == (len(kept), width * (1 + layers) + NUM_OFFSET_CHANNELS)
+        torch.testing.assert_close(output[:, :width], item_features[kept], rtol=1e-4, atol=1e-5)
+        for layer, layer_features in enumerate(deepstack):
+            torch.testing.assert_close(
+                output[:, width * (1 + layer) : width * (2 + layer)], layer_features[kept], rtol=1e-4, atol=1e-5
+            )
+
+    length = len(prompt_ids)
+    first = features[0].mm_position
+    for steps in (
+        [(0, length)],
+        [(start, min(start + 7, length)) for start in range(0, length, 7)],
+        [(first.offset + first.length // 2, length)],
+    ):
+        positions, _, delta, order = run_prompt(model, prompt_ids, features, outputs, steps)
+        assert torch.equal(positions, full_positions[:, keep][:, order])
+        assert delta == int(full_positions[0, -1]) + 1 - length
+    # one step: the language model gets the kept features, and its deepstack layers the kept deepstack features
+    _, embeddings, _, _ = run_prompt(model, prompt_ids, features, outputs, [(0, length)])
+    visual = torch.tensor(prompt_ids) == TOKEN_IDS["image"]
+    kept_features = torch.cat([item[kept] for item, kept in zip(selection.features, selection.kept_indices)])
+    torch.testing.assert_close(embeddings[visual], kept_features, rtol=1e-4, atol=1e-5)
+    for layer in range(layers):
+        kept_layer = torch.cat(
+            [deepstack[layer][kept] for deepstack, kept in zip(selection.deepstack_features, selection.kept_indices)]
+        )
+        fed = model.deepstack_input_embeds[layer][:length]
+        torch.testing.assert_close(fed[visual], kept_layer, rtol=1e-4, atol=1e-5)
+        assert int(fed[~visual].abs().sum()) == 0
+
+
+def test_qwen3_vl_videos_are_refused(qwen3):
+    """Qwen3-VL lays a video out frame by frame between timestamp text: how many of a frame's tokens are kept is
+    known only after the encoder ran, while vLLM fixes the prompt before. vLLM refuses the modality itself, with its
+    client error (HTTP 400), and profiles no video."""
+    assert qwen3.processor.info.get_supported_mm_limits() == {"image": None, "video": 0}
+    with pytest.raises(VLLMValidationError, match="At most 0 video"):
+        qwen3_features(qwen3, ["video"], 0.3)

@@ -1,4 +1,5 @@
-"""vLLM plugin: serves VisionSelector checkpoints with learned pruning of images and videos.
+"""vLLM plugin: serves VisionSelector checkpoints with learned pruning of images and videos (Qwen2.5-VL), or images
+(Qwen3-VL).
 
 `pip install "visionselector[vllm]"` installs it; vLLM finds `register` through the `vllm.general_plugins` entry
 point and calls it in every process, before a model is resolved:
@@ -20,11 +21,13 @@ ARCHITECTURES = {
     "VisionSelectorForConditionalGeneration": (
         "visionselector.vllm.model:VisionSelectorQwen2_5_VLForConditionalGeneration"
     ),
+    "VisionSelectorQwen3VLForConditionalGeneration": (
+        "visionselector.vllm.model:VisionSelectorQwen3VLForConditionalGeneration"
+    ),
     **{
         architecture: "visionselector.vllm.model:UnservedVisionSelectorFamily"
         for architecture in (
             "VisionSelectorQwen2VLForConditionalGeneration",
-            "VisionSelectorQwen3VLForConditionalGeneration",
             "VisionSelectorQwen3VLMoeForConditionalGeneration",
         )
     },

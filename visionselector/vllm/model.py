@@ -1,6 +1,8 @@
-"""`VisionSelectorForConditionalGeneration` in vLLM: vLLM's own Qwen2.5-VL with the learned scorer after the encoder.
+"""VisionSelector checkpoints in vLLM: vLLM's own Qwen2.5-VL and Qwen3-VL with the learned scorer after the encoder.
 
-What the subclass changes (everything else is vLLM's `Qwen2_5_VLForConditionalGeneration`):
+What the subclasses change (`VisionSelectorServing`; everything else is vLLM's `Qwen2_5_VLForConditionalGeneration`
+and `Qwen3VLForConditionalGeneration`; Qwen3-VL's deepstack features are channels of each merged token there, so
+the kept rows carry the deepstack features of the kept tokens):
 
 - `embed_multimodal`: the vision encoder runs on the items in groups no larger than the encoder budget vLLM
   profiled (the scheduler counts an item as its k kept tokens); right after each group, the scorer of
@@ -35,6 +37,7 @@ from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLImagePixelInputs,
     Qwen2_5_VLVideoPixelInputs,
 )
+from vllm.model_executor.models.qwen3_vl import Qwen3VLDummyInputsBuilder, Qwen3VLForConditionalGeneration
 from vllm.model_executor.models.utils import WeightsMapper
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFeatureSpec
@@ -51,15 +54,27 @@ from .positions import (
     kept_token_offsets,
     prompt_positions,
 )
-from .processing import VisionSelectorMultiModalProcessor, VisionSelectorProcessingInfo
+from .processing import (
+    VisionSelectorMultiModalProcessor,
+    VisionSelectorProcessingInfo,
+    VisionSelectorQwen3VLMultiModalProcessor,
+    VisionSelectorQwen3VLProcessingInfo,
+)
 
-# The `model_type` of the checkpoints this model class serves (VisionSelector's Qwen2.5-VL configuration).
-SERVED_MODEL_TYPE = "visionselector_qwen2_5_vl"
+# The `model_type`s of the checkpoints the plugin serves, and what of them.
+SERVED_MODEL_TYPES = {
+    "visionselector_qwen2_5_vl": "Qwen2.5-VL: images and videos",
+    "visionselector_qwen3_vl": "Qwen3-VL: images",
+}
 # The paper's checkpoints keep the scorer inside the vision tower; ours at the top level.
 SCORER_RENAMING = WeightsMapper(orig_to_new_regex={re.compile(r"^(model\.)?visual\.importance_scorer\."): "scorer."})
 
 
-def check_supported(vllm_config: VllmConfig) -> None:
+def served_types() -> str:
+    return "; ".join(f"{model_type!r} ({what})" for model_type, what in SERVED_MODEL_TYPES.items())
+
+
+def check_supported(vllm_config: VllmConfig, served_model_type: str = "visionselector_qwen2_5_vl") -> None:
     """A `ValueError` for the engine settings this model cannot serve (each names the setting to drop)."""
     model_config = vllm_config.model_config
     config = model_config.hf_config
@@ -70,11 +85,12 @@ def check_supported(vllm_config: VllmConfig) -> None:
             "<folder>` and serve that folder."
         )
     model_type = getattr(config, "model_type", None)
-    if model_type != SERVED_MODEL_TYPE:
+    if model_type != served_model_type:
         raise ValueError(
-            f"{model_config.model} is a {model_type!r} checkpoint; the VisionSelector vLLM plugin serves "
-            f"{SERVED_MODEL_TYPE!r} (Qwen2.5-VL) checkpoints only. Serve this one with transformers "
-            "(`VisionSelectorForConditionalGeneration.generate`)."
+            f"{model_config.model} is a {model_type!r} checkpoint, but its architecture "
+            f"({', '.join(getattr(model_config, 'architectures', None) or [])}) is served for {served_model_type!r} "
+            f"checkpoints; the VisionSelector vLLM plugin serves {served_types()}. Serve this one with transformers "
+            "(`generate` of the checkpoint's model class)."
         )
     multimodal_config = model_config.get_multimodal_config()
     if multimodal_config.is_multimodal_pruning_enabled():
@@ -106,8 +122,8 @@ class UnservedVisionSelectorFamily(torch.nn.Module):
         raise ValueError(
             f"{model_config.model} is a {getattr(model_config.hf_config, 'model_type', None)!r} VisionSelector "
             f"checkpoint ({', '.join(model_config.architectures or [])}); the VisionSelector vLLM plugin serves "
-            f"{SERVED_MODEL_TYPE!r} (Qwen2.5-VL) checkpoints only. Serve this one with transformers "
-            "(`generate` of the checkpoint's model class); vLLM's Transformers backend would not prune it."
+            f"{served_types()}. Serve this one with transformers (`generate` of the checkpoint's model class); "
+            "vLLM's Transformers backend would not prune it."
         )
 
 
@@ -146,20 +162,16 @@ def pruned_item(feature: MultiModalFeatureSpec, spatial_merge_size: int) -> Prun
     )
 
 
-@MULTIMODAL_REGISTRY.register_processor(
-    VisionSelectorMultiModalProcessor,
-    info=VisionSelectorProcessingInfo,
-    dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
-)
-class VisionSelectorQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
-    """vLLM's Qwen2.5-VL plus the VisionSelector scorer (`scorer.q_proj`, `scorer.k_proj`)."""
+class VisionSelectorServing:
+    """Model mixin, before vLLM's model class: the VisionSelector scorer (`scorer.q_proj`, `scorer.k_proj`), the
+    selection after the encoder and the positions of the kept tokens (module docstring)."""
 
-    hf_to_vllm_mapper = SCORER_RENAMING | Qwen2_5_VLForConditionalGeneration.hf_to_vllm_mapper
+    served_model_type: str
     # no EVS: `check_supported` refuses --video-pruning-rate
     supported_video_pruning_methods = ()
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
-        check_supported(vllm_config)
+        check_supported(vllm_config, self.served_model_type)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         config = self.config
         self.scorer = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
@@ -226,7 +238,8 @@ class VisionSelectorQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalG
         """The kept embeddings of some items, `(k, hidden_size + NUM_OFFSET_CHANNELS)` each, from their features."""
         outputs = []
         for item, k, grid, table in zip(features, num_kept, grids, tables):
-            scores = self.scorer(item, [item.shape[0]])  # (n,)
+            # the merged tokens' own features: Qwen3-VL's deepstack features follow them as more channels
+            scores = self.scorer(item[:, : self.scorer.q_proj.in_features], [item.shape[0]])  # (n,)
             kept = item_topk(scores, k)  # (k,) ascending
             offsets = kept_token_offsets(kept, grid, async_tensor_h2d(table, kept.device))  # (k, 3)
             outputs.append(torch.cat([item[kept], encode_offsets(offsets, item.dtype)], dim=1))
@@ -298,3 +311,27 @@ class VisionSelectorQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalG
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
         self.add_visual_position_offsets(positions)
         return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    VisionSelectorMultiModalProcessor,
+    info=VisionSelectorProcessingInfo,
+    dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
+)
+class VisionSelectorQwen2_5_VLForConditionalGeneration(VisionSelectorServing, Qwen2_5_VLForConditionalGeneration):
+    """vLLM's Qwen2.5-VL plus the VisionSelector scorer: images and videos."""
+
+    served_model_type = "visionselector_qwen2_5_vl"
+    hf_to_vllm_mapper = SCORER_RENAMING | Qwen2_5_VLForConditionalGeneration.hf_to_vllm_mapper
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    VisionSelectorQwen3VLMultiModalProcessor,
+    info=VisionSelectorQwen3VLProcessingInfo,
+    dummy_inputs=Qwen3VLDummyInputsBuilder,
+)
+class VisionSelectorQwen3VLForConditionalGeneration(VisionSelectorServing, Qwen3VLForConditionalGeneration):
+    """vLLM's Qwen3-VL plus the VisionSelector scorer: images (its processor refuses videos, see `processing.py`)."""
+
+    served_model_type = "visionselector_qwen3_vl"
+    hf_to_vllm_mapper = SCORER_RENAMING | Qwen3VLForConditionalGeneration.hf_to_vllm_mapper

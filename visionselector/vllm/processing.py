@@ -1,6 +1,6 @@
 """The multimodal processor of a VisionSelector checkpoint in vLLM: k placeholders per item, the ratio in the hash.
 
-vLLM's Qwen2.5-VL processor is reused; three things change:
+vLLM's processor of the family (Qwen2.5-VL, Qwen3-VL) is reused; three things change (`PruningProcessorMixin`):
 
 - the retention ratio r of a request is its `mm_processor_kwargs["retention_ratio"]`, else the server's
   `--mm-processor-kwargs`, else the checkpoint's `config.retention_ratio`; it is validated, kept out of the
@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from transformers import BatchFeature
 from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLMultiModalProcessor, Qwen2_5_VLProcessingInfo
+from vllm.model_executor.models.qwen3_vl import Qwen3VLMultiModalProcessor, Qwen3VLProcessingInfo
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import MultiModalDataItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
@@ -56,7 +57,9 @@ def video_temporal_positions(
     return torch.cat(tables) if tables else torch.zeros(0, dtype=torch.long)
 
 
-class VisionSelectorProcessingInfo(Qwen2_5_VLProcessingInfo):
+class RetentionRatioInfo:
+    """Processing-info mixin: the retention ratio of a request, kept out of the Hugging Face processor."""
+
     def retention_ratio(self, hf_processor_mm_kwargs: Mapping[str, object]) -> float:
         """The ratio for a request: its own, else the server's, else the checkpoint's; a `ValueError` if bad."""
         merged = self.ctx.get_merged_mm_kwargs(hf_processor_mm_kwargs)
@@ -69,8 +72,25 @@ class VisionSelectorProcessingInfo(Qwen2_5_VLProcessingInfo):
         return super().get_hf_processor(**kwargs)
 
 
-class VisionSelectorMultiModalProcessor(Qwen2_5_VLMultiModalProcessor):
-    info: VisionSelectorProcessingInfo
+class VisionSelectorProcessingInfo(RetentionRatioInfo, Qwen2_5_VLProcessingInfo):
+    pass
+
+
+class VisionSelectorQwen3VLProcessingInfo(RetentionRatioInfo, Qwen3VLProcessingInfo):
+    # Qwen3-VL lays a video out frame by frame, each frame's tokens between timestamp text; how many of a frame's
+    # tokens are kept is known only after the encoder ran, but vLLM fixes the prompt before. So no video: vLLM
+    # refuses a request with one (at most 0 videos), and profiles no video.
+    def get_supported_mm_limits(self) -> Mapping[str, int | None]:
+        return {"image": None, "video": 0}
+
+    def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
+        return {"image": self.get_max_image_tokens()}
+
+
+class PruningProcessorMixin:
+    """Multimodal-processor mixin: k placeholders per item, the ratio in the hash, the refusals (module docstring)."""
+
+    info: RetentionRatioInfo
 
     def _get_mm_hashes(self, inputs):
         ratio = self.info.retention_ratio(inputs.hf_processor_mm_kwargs)
@@ -174,3 +194,11 @@ class VisionSelectorMultiModalProcessor(Qwen2_5_VLMultiModalProcessor):
             )
             for modality in MODALITIES
         ]
+
+
+class VisionSelectorMultiModalProcessor(PruningProcessorMixin, Qwen2_5_VLMultiModalProcessor):
+    info: VisionSelectorProcessingInfo
+
+
+class VisionSelectorQwen3VLMultiModalProcessor(PruningProcessorMixin, Qwen3VLMultiModalProcessor):
+    info: VisionSelectorQwen3VLProcessingInfo
