@@ -7,7 +7,8 @@ its weights loaded by vLLM's loader), and the per-step gathering of encoder outp
 (mirrored in `run_prompt`, as chunked prefill and prefix-cache hits cut a prompt into steps).
 
 The reference is the transformers model and transformers' own `get_rope_index`, computed live: the full prompt's
-positions with the dropped placeholders removed are what the pruned prompt must get.
+positions with the dropped placeholders removed are what the pruned prompt must get. Qwen3-VL (images) is checked
+the same way on a tiny merged checkpoint built in the test.
 
 Skipped where vLLM is not installed (the core environments).
 """

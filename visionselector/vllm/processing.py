@@ -14,7 +14,8 @@ vLLM's processor of the family (Qwen2.5-VL, Qwen3-VL) is reused; three things ch
 
 What the worker cannot serve is refused here, where a `ValueError` fails one request (HTTP 400); in the worker an
 exception ends the engine for every request: an item whose positions span `max_position_embeddings` or more
-(`check_offsets_fit`), and a prompt that ends with placeholders (see `positions.prompt_positions`).
+(`check_offsets_fit`), and a prompt that ends with placeholders (see `positions.prompt_positions`). Qwen3-VL videos
+are not accepted at all (`VisionSelectorQwen3VLProcessingInfo`).
 """
 
 from __future__ import annotations
