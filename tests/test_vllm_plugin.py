@@ -38,6 +38,7 @@ from vllm.model_executor.model_loader.utils import process_weights_after_loading
 from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration  # noqa: E402
 from vllm.multimodal import MULTIMODAL_REGISTRY  # noqa: E402
+from vllm.multimodal.encoder_budget import MultiModalBudget  # noqa: E402
 from vllm.multimodal.inputs import MultiModalFeatureSpec  # noqa: E402
 from vllm.multimodal.utils import group_and_batch_mm_kwargs, strip_covered_mm_data  # noqa: E402
 from vllm.multimodal.video_prune.evs import compute_mrope_for_media, recompute_mrope_positions  # noqa: E402
@@ -915,3 +916,6 @@ def test_qwen3_vl_videos_are_refused(qwen3):
     assert qwen3.processor.info.get_supported_mm_limits() == {"image": None, "video": 0}
     with pytest.raises(VLLMValidationError, match="At most 0 video"):
         qwen3_features(qwen3, ["video"], 0.3)
+    # what the engine profiles its encoder memory with: images only
+    budget = MultiModalBudget(VllmConfig(model_config=qwen3.model_config), MULTIMODAL_REGISTRY)
+    assert set(budget.mm_max_toks_per_item) == {"image"} and budget.get_encoder_budget() > 0

@@ -17,10 +17,9 @@ the kept rows carry the deepstack features of the kept tokens):
 - `embed_input_ids`: strips the offset channels of the embeddings fed in this step and writes the offsets, at
   the tokens they belong to, into a buffer of the model; `forward` adds that buffer to the step's positions, in
   place (so that the buffers CUDA graphs captured see it too). A step that feeds no visual token adds zeros.
-- What the worker must never meet is refused before: bad requests by the processor (`processing.py`), engine
-  settings and checkpoints of families this file does not serve by `check_supported`, in `__init__`.
 - `hf_to_vllm_mapper`: the scorer loads from `scorer.*`, or from the paper's `visual.importance_scorer.*`.
-- `__init__` refuses, with a `ValueError` naming it, what this cannot serve (`check_supported`).
+- What the worker must never meet is refused before, with a `ValueError` naming it: bad requests by the processor
+  (`processing.py`); engine settings, and checkpoints of other families, by `check_supported` in `__init__`.
 """
 
 from __future__ import annotations
