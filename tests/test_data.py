@@ -294,6 +294,7 @@ def test_script_refuses_or_skips_bad_rows_before_training(tmp_path, llava_file):
     with pytest.warns(UserWarning, match="Skipping them: 1 of 5 rows"):
         trainer = cli(_script_args(tmp_path, path, **{"--max_steps": "1", "--on_bad_row": "skip"}))
     assert trainer.state.global_step == 1
+    assert trainer.data_collator.collator.on_bad_row == "skip"  # and a file that vanishes later is skipped too
 
 
 def test_streaming_computes_the_step_count_from_the_usable_rows(tmp_path, llava_file):

@@ -44,7 +44,14 @@ from dataclasses import dataclass, field
 from trl import ScriptArguments
 
 from visionselector_training import VisionSelectorSFTConfig, VisionSelectorSFTTrainer, load_visionselector
-from visionselector_training.data import ON_BAD_ROW, detect_format, load_local_dataset, steps_for, validate_on_bad_row
+from visionselector_training.data import (
+    ON_BAD_ROW,
+    VisionLanguageCollator,
+    detect_format,
+    load_local_dataset,
+    steps_for,
+    validate_on_bad_row,
+)
 from visionselector_training.quantization import QUANTIZATION_CHOICES, quantization_config_for
 
 
@@ -161,6 +168,9 @@ def main(script_args, training_args: VisionSelectorSFTConfig, model_args) -> Vis
         eval_dataset=dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None,
         processing_class=processor,
     )
+    collator = getattr(trainer.data_collator, "collator", None)
+    if isinstance(collator, VisionLanguageCollator):  # a file that vanishes mid-run: refused or skipped, as asked
+        collator.on_bad_row = script_args.on_bad_row
     trainer.accelerator.print(f"Training the scorer: {trainer.num_trainable_parameters:,} parameters.")
 
     resume = training_args.resume_from_checkpoint
