@@ -312,9 +312,36 @@ def test_streaming_computes_the_step_count_from_the_usable_rows(tmp_path, llava_
     assert weights == pytest.approx([0.1, 0.1 + 1.9 * 2 / 4], rel=1e-6)
 
 
-def test_trainer_reads_rows_with_videos_from_memory(tmp_path):
-    """A `Dataset` of normalised rows built in memory (frames as arrays) trains with the trainer alone."""
+def test_video_file_is_sampled_at_the_processor_rate_with_its_timing(tmp_path):
+    """A video file (8 frames at 4 fps) is decoded by the installed decoder at 2 frames per second: 4 frames, one
+    temporal patch per second of video."""
+    av = pytest.importorskip("av", reason="no video decoder (PyAV) installed")
+    path = str(tmp_path / "clip.mp4")
+    container = av.open(path, mode="w")
+    stream = container.add_stream("mpeg4", rate=4)
+    stream.width = stream.height = 64
+    stream.pix_fmt = "yuv420p"
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    rows = [{"video": "clip.mp4", "conversations": [{"from": "human", "value": "<video> what"}, {"from": "gpt", "value": "red"}]}]
+    dataset, _ = load_local_dataset(_write_jsonl(tmp_path / "v.jsonl", rows))
+    batch = VisionLanguageCollator(tiny_processor(min_pixels=28 * 28, max_pixels=112 * 112))(dataset.to_list())
+    assert batch["video_grid_thw"][0, 0] == 2  # 4 sampled frames, 2 per temporal patch
+    assert batch["second_per_grid_ts"].tolist() == [1.0]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_trainer_reads_rows_with_videos_from_memory(tmp_path, family):
+    """A `Dataset` of normalised rows built in memory (a folder of frames) trains with the trainer alone."""
     from datasets import Dataset
+
+    from visionselector.tiny import tiny_model
 
     from visionselector_training import VisionSelectorSFTTrainer
 
@@ -330,8 +357,8 @@ def test_trainer_reads_rows_with_videos_from_memory(tmp_path):
         for _ in range(4)
     ]
     trainer = VisionSelectorSFTTrainer(
-        tiny_qwen2_5_vl(), args=tiny_run_args(tmp_path, max_steps=2), train_dataset=Dataset.from_list(rows),
-        processing_class=tiny_processor(min_pixels=28 * 28, max_pixels=112 * 112),
+        tiny_model(family), args=tiny_run_args(tmp_path, max_steps=2), train_dataset=Dataset.from_list(rows),
+        processing_class=tiny_processor(min_pixels=28 * 28, max_pixels=112 * 112, family=family),
     )
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     assert "pixel_values_videos" in batch

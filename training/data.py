@@ -39,7 +39,11 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 TAGS = {"<image>": "image", "<video>": "video"}
 _TAG_PATTERN = re.compile("|".join(re.escape(tag) for tag in TAGS))
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-VIDEO_BACKENDS = ("av", "decord", "cv2", "torchcodec")  # the modules transformers' `load_video` can decode files with
+# The modules transformers' `load_video` decodes video files with, by its backend names; torchcodec first (the
+# processors' own decoder).
+VIDEO_BACKENDS = {"torchcodec": "torchcodec", "av": "pyav", "decord": "decord", "cv2": "opencv"}
+# Frames per second sampled from a video file when the processor does not say (Qwen's default).
+DEFAULT_VIDEO_FPS = 2.0
 # Shown in a report, at most this many bad rows by number.
 REPORTED_ROWS = 20
 
@@ -176,8 +180,16 @@ def _resolve(path: str, root: str) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
 
 
+def video_backend() -> str | None:
+    """The `load_video` backend of the first installed decoder of `VIDEO_BACKENDS`, or `None`."""
+    for module, backend in VIDEO_BACKENDS.items():
+        if importlib.util.find_spec(module) is not None:
+            return backend
+    return None
+
+
 def video_backend_available() -> bool:
-    return any(importlib.util.find_spec(name) is not None for name in VIDEO_BACKENDS)
+    return video_backend() is not None
 
 
 def frame_paths(folder: str) -> list[str]:
@@ -430,15 +442,26 @@ def _load_image(image):
     raise TypeError(f"An image must be a path or a PIL image, got {type(image).__name__}.")
 
 
-def _load_video(video):
-    """A folder of frames -> a `(T, H, W, 3)` array; a video file is left to the processor; arrays pass through."""
+def _load_video(video, fps: float):
+    """`(frames, metadata)`: a video as a `(T, H, W, 3)` array and the `VideoMetadata` its processor reads the time
+    from. A video file is sampled at `fps` by the first installed decoder (its metadata says which frames); a folder
+    of frames, a list of frames (PIL images or paths) or an array is taken as sampled at `fps` already."""
     import numpy as np
+    from transformers.video_utils import VideoMetadata
 
-    if isinstance(video, str) and os.path.isdir(video):
-        return np.stack([np.asarray(_load_image(frame)) for frame in frame_paths(video)])
-    if isinstance(video, (list, tuple)):  # frames: PIL images or paths
-        return np.stack([np.asarray(_load_image(frame)) for frame in video])
-    return video
+    if isinstance(video, str) and not os.path.isdir(video):
+        from transformers.video_utils import load_video
+
+        backend = video_backend()
+        if backend is None:
+            raise ValueError(f"video file {video!r} needs a video decoder: install one of {list(VIDEO_BACKENDS)}")
+        return load_video(video, fps=fps, backend=backend)
+    if isinstance(video, str):
+        video = frame_paths(video)
+    if isinstance(video, (list, tuple)):
+        video = np.stack([np.asarray(_load_image(frame)) for frame in video])
+    frames = len(video)
+    return video, VideoMetadata(total_num_frames=frames, fps=fps, frames_indices=list(range(frames)))
 
 
 def _render_messages(messages: list[dict]) -> list[dict]:
@@ -471,11 +494,12 @@ class VisionLanguageCollator:
 
     def _load(self, example: dict):
         images = [_load_image(image) for image in example.get("images") or []]
-        videos = [_load_video(video) for video in example.get("videos") or []]
+        fps = getattr(getattr(self.processor, "video_processor", None), "fps", None) or DEFAULT_VIDEO_FPS
+        videos = [_load_video(video, fps) for video in example.get("videos") or []]
         return images, videos
 
     def __call__(self, examples: list[dict]) -> dict:
-        texts, images, videos = [], [], []
+        texts, images, videos, metadata = [], [], [], []
         for example in examples:
             try:
                 example_images, example_videos = self._load(example)
@@ -485,7 +509,8 @@ class VisionLanguageCollator:
                 warnings.warn(f"Skipping a training row whose visual cannot be opened: {error}", stacklevel=2)
                 continue
             images += example_images
-            videos += example_videos
+            videos += [frames for frames, _ in example_videos]
+            metadata += [video_metadata for _, video_metadata in example_videos]
             messages = _render_messages(example["messages"])
             texts.append(self.processor.apply_chat_template(messages, tokenize=False))
         if not texts:
@@ -494,6 +519,7 @@ class VisionLanguageCollator:
             text=texts,
             images=images or None,
             videos=videos or None,
+            **({"video_metadata": metadata} if videos else {}),
             padding=True,
             padding_side="right",
             truncation=self.max_length is not None,
