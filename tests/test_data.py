@@ -366,3 +366,37 @@ def test_trainer_reads_rows_with_videos_from_memory(tmp_path, family):
     assert ((batch["labels"] != -100).sum(-1) == 2).all()
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+def test_trainer_takes_a_llava_layout_dataset_as_it_is(tmp_path, llava_file):
+    """A `Dataset` with a `conversations` column goes to the trainer unconverted; unusable rows are refused by number,
+    or left out after `normalize_dataset(..., on_bad_row="skip")`."""
+    from datasets import Dataset
+
+    from visionselector_training import VisionSelectorSFTTrainer
+    from visionselector_training.data import normalize_dataset
+
+    from training_args import tiny_run_args
+
+    folder = os.path.dirname(llava_file)
+    rows = [
+        {"image": [os.path.join(folder, "img", "0.png"), os.path.join(folder, "img", "1.png")], "conversations": [
+            {"from": "human", "value": "<image> left <image> right"}, {"from": "gpt", "value": "left"}]},
+        {"image": [os.path.join(folder, "img", "1.png")], "conversations": [
+            {"from": "human", "value": "<image>\nwhat"}, {"from": "gpt", "value": "red"}]},
+    ]
+    processor = tiny_processor(min_pixels=28 * 28, max_pixels=112 * 112)
+    trainer = VisionSelectorSFTTrainer(
+        tiny_qwen2_5_vl(), args=tiny_run_args(tmp_path, max_steps=1), train_dataset=Dataset.from_list(rows),
+        processing_class=processor,
+    )
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert batch["image_grid_thw"].shape[0] == 3
+    trainer.train()
+
+    broken = Dataset.from_list(rows + [{"image": ["/nowhere.png"], "conversations": rows[1]["conversations"]}])
+    with pytest.raises(ValueError, match="row 2: image '/nowhere.png' does not exist"):
+        VisionSelectorSFTTrainer(tiny_qwen2_5_vl(), args=tiny_run_args(tmp_path, max_steps=1), train_dataset=broken,
+                                 processing_class=processor)
+    with pytest.warns(UserWarning, match="Skipping them: 1 of 3 rows"):
+        assert len(normalize_dataset(broken, on_bad_row="skip")) == 2

@@ -362,6 +362,49 @@ def load_local_dataset(
     return builder.from_generator(_generate, features=features(), gen_kwargs=gen_kwargs), report
 
 
+def normalize_dataset(dataset, image_folder: str | None = None, on_bad_row: str = "error"):
+    """A `datasets.Dataset` or `IterableDataset` in the LLaVA layout (a `conversations` column) as normalised rows;
+    any other dataset is returned as it is. Relative paths start from `image_folder` (default: the working
+    directory). A `Dataset` is checked row by row first (nothing decoded) and its unusable rows refused or left out as
+    `scan` does; an `IterableDataset` checks each row as it streams, and with `on_bad_row="skip"` leaves out the
+    unusable ones with a warning."""
+    import datasets
+
+    columns = dataset.column_names
+    if columns is None or "conversations" not in columns:
+        return dataset
+    validate_on_bad_row(on_bad_row)
+    root = image_folder or os.getcwd()
+    visual_columns = [name for name in ("conversations", "image", "video") if name in columns]
+    if isinstance(dataset, datasets.Dataset):
+        report = DataReport("the training dataset", "llava", num_rows=len(dataset))
+        for number, row in enumerate(dataset.select_columns(visual_columns)):
+            try:
+                normalize_row(row, "llava", root)
+            except BadRow as error:
+                report.bad_rows.append((number, str(error)))
+        if report.bad_rows:
+            if on_bad_row == "error":
+                raise ValueError(report.describe() + " Fix them, or pass `on_bad_row='skip'` to train without them.")
+            warnings.warn("Skipping them: " + report.describe(), stacklevel=2)
+            bad = {number for number, _ in report.bad_rows}
+            dataset = dataset.select([number for number in range(len(dataset)) if number not in bad])
+        return dataset.map(
+            lambda row: normalize_row(row, "llava", root, check=False), remove_columns=columns, features=features()
+        )
+
+    def rows(shard):
+        for number, row in enumerate(shard):
+            try:
+                yield normalize_row(row, "llava", root)
+            except BadRow as error:
+                if on_bad_row == "error":
+                    raise ValueError(f"Row {number} of the training stream cannot be used: {error}.") from error
+                warnings.warn(f"Skipping row {number} of the training stream: {error}.", stacklevel=2)
+
+    return datasets.IterableDataset.from_generator(rows, features=features(), gen_kwargs={"shard": dataset})
+
+
 def steps_for(num_rows: int, per_device_batch_size: int, gradient_accumulation_steps: int, world_size: int, epochs: float) -> int:
     """The optimizer steps `Trainer` takes over `epochs` passes of `num_rows` rows (its own count for a sized set)."""
     batches = math.ceil(num_rows / (per_device_batch_size * world_size))
@@ -547,6 +590,7 @@ __all__ = [
     "load_local_dataset",
     "llava_row",
     "messages_row",
+    "normalize_dataset",
     "normalize_row",
     "scan",
     "steps_for",

@@ -29,7 +29,7 @@ from modeling_visionselector import (
 
 from .collator import IGNORE_INDEX, VisionSelectorCollator, chatml_turn_ids
 from .config import VisionSelectorSFTConfig
-from .data import VisionLanguageCollator, uses_vision_language_collator
+from .data import VisionLanguageCollator, normalize_dataset, uses_vision_language_collator
 from .quantization import check_scorer_trainable
 from .losses import mask_hard_distance, mask_regularization, mask_sharpness
 from .schedule import annealed_reg_weight
@@ -143,6 +143,9 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         model.config.train_retention_ratio = args.train_retention_ratio
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name.startswith(SCORER_PREFIX))
+        for split in ("train_dataset", "eval_dataset"):  # LLaVA / ShareGPT rows become `messages`, `images`, `videos`
+            if kwargs.get(split) is not None and not isinstance(kwargs[split], dict):
+                kwargs[split] = normalize_dataset(kwargs[split])
         turn_ids = self._resolve_answer_only_loss(args, kwargs)
         turn_ids = self._use_vision_language_collator(args, kwargs, turn_ids)
 
