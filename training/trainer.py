@@ -30,8 +30,8 @@ from modeling_visionselector import (
 from .collator import IGNORE_INDEX, VisionSelectorCollator, chatml_turn_ids
 from .config import VisionSelectorSFTConfig
 from .data import VisionLanguageCollator, normalize_dataset, uses_vision_language_collator
-from .quantization import check_scorer_trainable
 from .losses import mask_hard_distance, mask_regularization, mask_sharpness
+from .quantization import check_scorer_trainable
 from .schedule import annealed_reg_weight
 
 logger = logging.get_logger(__name__)
