@@ -449,7 +449,8 @@ def main(argv: list[str] | None = None) -> None:
         if name == "convert":
             command.add_argument("output", help="the .jsonl file to write")
         command.add_argument("--image_folder", default=None, help="folder relative paths start from (default: the input's)")
-        command.add_argument("--on_bad_row", choices=ON_BAD_ROW, default="error" if name == "convert" else "skip")
+        if name == "convert":
+            command.add_argument("--on_bad_row", choices=ON_BAD_ROW, default="error", help="refuse or leave out unusable rows")
     args = parser.parse_args(argv)
     if args.command == "convert":
         report = convert(args.input, args.output, args.image_folder, args.on_bad_row)
