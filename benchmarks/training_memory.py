@@ -246,7 +246,12 @@ def measure_step(checkpointing: bool, batch: int, text_tokens: int) -> dict:
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("scorer."))
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # `activation_checkpointing_enable` from transformers 5.24, `gradient_checkpointing_enable` before
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is None:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
     processor = tiny_processor(min_pixels=224 * 224, max_pixels=224 * 224)
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
