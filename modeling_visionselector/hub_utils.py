@@ -80,6 +80,9 @@ def scorer_only_config(
     if os.path.isdir(config.base_model_name_or_path):  # a local backbone: found from any directory
         config.base_model_name_or_path = os.path.abspath(config.base_model_name_or_path)
     config.scorer_only = True
+    # The artifact loads the backbone as its own checkpoint stores it, not as a training run quantized it.
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
     config.auto_map = type(config).default_auto_map()  # the code ships with the artifact: `module.Class` references
     config.architectures = [type(config).model_class_name]
     return config

@@ -177,6 +177,23 @@ class _CallerPromptStreamer(BaseStreamer):
         self.streamer.end()
 
 
+def scorer_unquantized(quantization_config):
+    """A copy of a transformers quantization config (object or dict) that leaves the scorer, and as by default the
+    output head, unquantized: `scorer` added to `modules_to_not_convert` (`llm_int8_skip_modules` for bitsandbytes).
+    The scorer is small, and trains and ranks in floating point."""
+    config = copy.deepcopy(quantization_config)
+    values = config if isinstance(config, dict) else vars(config)
+    name = "llm_int8_skip_modules" if "llm_int8_skip_modules" in values else "modules_to_not_convert"
+    skipped = list(values.get(name) or ["lm_head"])  # None: transformers' default skips the output head
+    if "scorer" not in skipped:
+        skipped.append("scorer")
+    if isinstance(config, dict):
+        config[name] = skipped
+    else:
+        setattr(config, name, skipped)
+    return config
+
+
 class VisionSelectorMixin:
     """The VisionSelector part of a Qwen-VL model: scorer, selection, pruned forward and generate, loading.
 
@@ -212,6 +229,7 @@ class VisionSelectorMixin:
         dtype=None,
         device_map=None,
         attn_implementation: str | None = None,
+        quantization_config=None,
         **config_overrides,
     ):
         """A VisionSelector around a stock Qwen-VL model, with the backbone's weights and a fresh scorer.
@@ -222,7 +240,8 @@ class VisionSelectorMixin:
         Args:
             model_or_path (stock `*ForConditionalGeneration` or `str`): a loaded backbone, whose tensors the new
                 model shares (no copy), or a Hub id / folder of a stock checkpoint.
-            revision, dtype, device_map, attn_implementation: passed to `from_pretrained` for a path.
+            revision, dtype, device_map, attn_implementation, quantization_config: passed to `from_pretrained` for
+                a path (a quantized backbone keeps the scorer unquantized: see `scorer_unquantized`).
             **config_overrides: VisionSelector configuration fields (e.g. `retention_ratio=0.3`).
         """
         for selector_class in VISIONSELECTOR_CLASSES.values():
@@ -242,7 +261,12 @@ class VisionSelectorMixin:
         config_overrides.setdefault("base_model_name_or_path", path)
         config_overrides.setdefault("base_model_revision", revision)
         config = selector_class.config_class.from_backbone_config(backbone_config, **config_overrides)
-        loading = {"dtype": dtype, "device_map": device_map, "attn_implementation": attn_implementation}
+        loading = {
+            "dtype": dtype,
+            "device_map": device_map,
+            "attn_implementation": attn_implementation,
+            "quantization_config": quantization_config,
+        }
         return selector_class.from_pretrained(
             path, config=config, revision=revision, **{k: v for k, v in loading.items() if v is not None}
         )
@@ -284,6 +308,8 @@ class VisionSelectorMixin:
         `subfolder` apply to the backbone too. The other arguments (`dtype`, `device_map`, ...) load the backbone.
         """
         hub_kwargs = {name: kwargs[name] for name in _HUB_KWARGS if name in kwargs}
+        if kwargs.get("quantization_config") is not None:
+            kwargs["quantization_config"] = scorer_unquantized(kwargs["quantization_config"])
         if pretrained_model_name_or_path is None:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
         if not isinstance(config, PreTrainedConfig):

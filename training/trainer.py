@@ -29,7 +29,9 @@ from modeling_visionselector import (
 
 from .collator import IGNORE_INDEX, VisionSelectorCollator, chatml_turn_ids
 from .config import VisionSelectorSFTConfig
+from .data import VisionLanguageCollator, normalize_dataset, uses_vision_language_collator
 from .losses import mask_hard_distance, mask_regularization, mask_sharpness
+from .quantization import check_scorer_trainable
 from .schedule import annealed_reg_weight
 
 logger = logging.get_logger(__name__)
@@ -38,7 +40,7 @@ SCORER_PREFIX = "scorer."
 # Intermediate checkpoints: the scorer's tensors, under their names in the full model (`scorer.q_proj.weight`, ...),
 # in the file a scorer-only artifact uses.
 SCORER_CHECKPOINT_NAME = SCORER_WEIGHTS_NAME
-_BACKBONE_LOADING_KWARGS = ("revision", "dtype", "device_map", "attn_implementation")
+_BACKBONE_LOADING_KWARGS = ("revision", "dtype", "device_map", "attn_implementation", "quantization_config")
 # The saturation warning: a soft mask this binary ...
 SATURATED_SHARPNESS = 0.95
 # ... within this share of the run means the selection locked in before the scorer learned what matters.
@@ -53,7 +55,8 @@ def load_visionselector(model_name_or_path: str, **kwargs):
 
     Args:
         model_name_or_path (`str`): the checkpoint.
-        **kwargs: `from_pretrained` arguments (`revision`, `dtype`, `device_map`, `attn_implementation`, ...).
+        **kwargs: `from_pretrained` arguments (`revision`, `dtype`, `device_map`, `attn_implementation`,
+            `quantization_config`: a frozen quantized backbone, the scorer left unquantized, ...).
             `trust_remote_code` is ignored: the classes are imported from this package.
     """
     kwargs = {key: value for key, value in kwargs.items() if value is not None and key != "trust_remote_code"}
@@ -140,14 +143,25 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         model.config.train_retention_ratio = args.train_retention_ratio
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name.startswith(SCORER_PREFIX))
+        for split in ("train_dataset", "eval_dataset"):  # LLaVA / ShareGPT rows become `messages`, `images`, `videos`
+            if kwargs.get(split) is not None and not isinstance(kwargs[split], dict):
+                kwargs[split] = normalize_dataset(kwargs[split])
         turn_ids = self._resolve_answer_only_loss(args, kwargs)
+        turn_ids = self._use_vision_language_collator(args, kwargs, turn_ids)
 
         had_use_cache, use_cache = hasattr(model.config, "use_cache"), getattr(model.config, "use_cache", None)
+        # `Trainer` refuses a quantized model without adapters; the scorer is that adapter (float, never quantized).
+        quantized = getattr(model, "is_quantized", False)
+        if quantized:
+            check_scorer_trainable(model)
+            model.is_quantized = False
         try:
             super().__init__(model, args, **kwargs)
         finally:
             if turn_ids is not None:
                 args.assistant_only_loss = True  # what the collator does; TRL's own masking was left off
+            if quantized:
+                model.is_quantized = True
         # `Trainer` writes `args.use_cache` (False) into the model config, which every saved model would then carry;
         # the loss passes `use_cache=False` itself, so the config keeps the model's own setting.
         if had_use_cache:
@@ -214,6 +228,27 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         logger.info("The chat template has no generation markers: the assistant turns are found by ChatML boundaries.")
         args.assistant_only_loss = False  # for SFTTrainer, which would refuse the template; restored after it
         return turn_ids
+
+    def _use_vision_language_collator(self, args, kwargs, turn_ids):
+        """Rows with a `videos` column (what `visionselector_training.data` loads) are collated by
+        `VisionLanguageCollator`, which opens each batch's images and video frames; the assistant turns are then
+        found by their ChatML boundaries, whatever the template."""
+        dataset = kwargs.get("train_dataset")
+        if kwargs.get("data_collator") is not None or dataset is None:
+            return turn_ids
+        if not uses_vision_language_collator(next(iter(dataset))):
+            return turn_ids
+        processor = kwargs.get("processing_class")
+        kwargs["data_collator"] = VisionLanguageCollator(processor, max_length=args.max_length)
+        if args.assistant_only_loss and turn_ids is None:
+            turn_ids = chatml_turn_ids(getattr(processor, "tokenizer", processor))
+            args.assistant_only_loss = False  # for SFTTrainer; restored after it
+        return turn_ids
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self._is_vision_dataset and "videos" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "videos"]
 
     # ------------------------------------------------------------------ loss
 
