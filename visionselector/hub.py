@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from modeling_visionselector.hub_utils import convert_checkpoint_to_scorer, push_scorer_to_hub
+from visionselector.publishing import convert_checkpoint_to_scorer, push_scorer_to_hub
 
 
 @dataclass

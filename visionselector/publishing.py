@@ -12,7 +12,9 @@ A scorer-only artifact is a folder (or Hub repo) that points at the official bac
 `AutoModel.from_pretrained(artifact, trust_remote_code=True)` loads the backbone from `base_model_name_or_path`
 and the scorer from the artifact (see `VisionSelectorForConditionalGeneration.from_pretrained`).
 
-This file is not part of the remote code: nothing in the shipped files imports it.
+This module is not part of the remote code (`modeling_visionselector/`, which checkpoints ship): it lives next to
+the hub CLI (`visionselector/hub.py`). In 0.1.0 it was `modeling_visionselector.hub_utils`; that name still
+imports, with a `FutureWarning`, until the release after next.
 """
 
 from __future__ import annotations
@@ -36,15 +38,14 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cache
 
 from transformers import PreTrainedConfig
 
-from .configuration_visionselector import VisionSelectorFields
-from .modeling_visionselector import (
+from modeling_visionselector.configuration_visionselector import VisionSelectorFields
+from modeling_visionselector.modeling_visionselector import (
     SCORER_WEIGHTS_NAME,
     VisionSelectorForConditionalGeneration,
     VisionSelectorMixin,
     check_scorer_tensors,
     visionselector_class_for,
 )
-from .scoring import VisionSelectorScorer
 
 logger = logging.get_logger(__name__)
 
