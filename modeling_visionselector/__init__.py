@@ -8,9 +8,9 @@ not remote code: they live in `visionselector.publishing`; importing them from h
 
 import warnings
 
+from .compatibility import MIN_TRANSFORMERS, TESTED_TRANSFORMERS, StockInternalError
 from .configuration_visionselector import (
     CONFIG_CLASSES,
-    SUPPORTED_TRANSFORMERS,
     VisionSelectorConfig,
     VisionSelectorFields,
     VisionSelectorQwen2VLConfig,
@@ -43,7 +43,9 @@ from .scoring import (
 
 __all__ = [
     "CONFIG_CLASSES",
-    "SUPPORTED_TRANSFORMERS",
+    "MIN_TRANSFORMERS",
+    "TESTED_TRANSFORMERS",
+    "StockInternalError",
     "VISIONSELECTOR_CLASSES",
     "VisionSelectorConfig",
     "VisionSelectorFields",
