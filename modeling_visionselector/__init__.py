@@ -3,7 +3,7 @@
 The sibling files of this folder are also the remote code that `save_pretrained` ships with a checkpoint. The
 publishing functions (`save_scorer`, `push_scorer_to_hub`, `convert_checkpoint_to_scorer`, `scorer_state_dict`) are
 not remote code: they live in `visionselector.publishing`; importing them from here still works, with a
-`FutureWarning`, until the release after next.
+`FutureWarning`, until the next release removes them.
 """
 
 import warnings

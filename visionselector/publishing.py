@@ -16,7 +16,7 @@ and the scorer from the artifact (see `VisionSelectorForConditionalGeneration.fr
 
 This module is not part of the remote code (`modeling_visionselector/`, which checkpoints ship): it lives next to
 the hub CLI (`visionselector/hub.py`). In 0.1.0 it was `modeling_visionselector.hub_utils`; that name still
-imports, with a `FutureWarning`, until the release after next.
+imports, with a `FutureWarning`, until the next release.
 """
 
 from __future__ import annotations
