@@ -1,12 +1,16 @@
 """VisionSelector for the Qwen-VL family: learned visual token selection, as a transformers model package.
 
-The sibling files of this folder (but `hub_utils.py`) are also the remote code that `save_pretrained` ships with a
-checkpoint.
+The sibling files of this folder are also the remote code that `save_pretrained` ships with a checkpoint. The
+publishing functions (`save_scorer`, `push_scorer_to_hub`, `convert_checkpoint_to_scorer`, `scorer_state_dict`) are
+not remote code: they live in `visionselector.publishing`; importing them from here still works, with a
+`FutureWarning`, until the next release removes them.
 """
 
+import warnings
+
+from .compatibility import MIN_TRANSFORMERS, TESTED_TRANSFORMERS, StockInternalError
 from .configuration_visionselector import (
     CONFIG_CLASSES,
-    SUPPORTED_TRANSFORMERS,
     VisionSelectorConfig,
     VisionSelectorFields,
     VisionSelectorQwen2VLConfig,
@@ -28,7 +32,6 @@ from .modeling_visionselector import (
     visionselector_class_for,
     with_selection_fields,
 )
-from .hub_utils import convert_checkpoint_to_scorer, push_scorer_to_hub, save_scorer, scorer_state_dict
 from .scoring import (
     VisionSelectorScorer,
     differentiable_topk,
@@ -40,7 +43,9 @@ from .scoring import (
 
 __all__ = [
     "CONFIG_CLASSES",
-    "SUPPORTED_TRANSFORMERS",
+    "MIN_TRANSFORMERS",
+    "TESTED_TRANSFORMERS",
+    "StockInternalError",
     "VISIONSELECTOR_CLASSES",
     "VisionSelectorConfig",
     "VisionSelectorFields",
@@ -59,10 +64,6 @@ __all__ = [
     "check_scorer_tensors",
     "visionselector_class_for",
     "with_selection_fields",
-    "scorer_state_dict",
-    "convert_checkpoint_to_scorer",
-    "push_scorer_to_hub",
-    "save_scorer",
     "VisionSelectorScorer",
     "differentiable_topk",
     "hard_topk_mask",
@@ -70,3 +71,20 @@ __all__ = [
     "topk_indices",
     "validate_retention_ratio",
 ]
+
+# Names that moved to `visionselector.publishing`: importable from here for one more release.
+_MOVED_TO_PUBLISHING = ("convert_checkpoint_to_scorer", "push_scorer_to_hub", "save_scorer", "scorer_state_dict")
+
+
+def __getattr__(name):
+    if name in _MOVED_TO_PUBLISHING:
+        warnings.warn(
+            f"`modeling_visionselector.{name}` moved to `visionselector.publishing.{name}` and will be removed "
+            f"from `modeling_visionselector` in the next release: `from visionselector.publishing import {name}`.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        from visionselector import publishing
+
+        return getattr(publishing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

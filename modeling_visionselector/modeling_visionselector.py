@@ -32,27 +32,26 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
     Qwen3VLMoeForConditionalGeneration,
 )
-from transformers import initialization as init
 from transformers.configuration_utils import PreTrainedConfig
-from transformers.conversion_mapping import (
-    get_checkpoint_conversion_mapping,
-    register_checkpoint_conversion_mapping,
-)
-from transformers.core_model_loading import WeightRenaming
 from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.utils import ModelOutput, can_return_tuple, cached_file, logging
 
-from .pruning import batch_padding_side, placeholder_keep_mask, prune_batch
-from .configuration_visionselector import (
+from .compatibility import (
+    TESTED_TRANSFORMERS,
     TRANSFORMERS_VERSION,
+    require_fields,
+    require_parameters,
+    stock_internal_error,
+)
+from .configuration_visionselector import (
     VisionSelectorConfig,
     VisionSelectorFields,
     VisionSelectorQwen2VLConfig,
     VisionSelectorQwen3VLConfig,
     VisionSelectorQwen3VLMoeConfig,
 )
+from .pruning import batch_padding_side, placeholder_keep_mask, prune_batch
 from .scoring import (
     VisionSelectorScorer,
     differentiable_topk,
@@ -62,9 +61,24 @@ from .scoring import (
 )
 from .selectors import get_selector
 
+# Internals below the public API of transformers (the weight-renaming rules, the weight initialisers, Qwen3-VL's
+# encoder output): a release that moves one fails here, naming it.
+try:
+    from transformers import initialization as init
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+except ImportError as error:
+    import transformers
+
+    raise ImportError(
+        f"VisionSelector relies on a transformers internal that transformers {transformers.__version__} lacks ({error}); "
+        f"it was tested with transformers {TESTED_TRANSFORMERS}: `pip install 'transformers{TESTED_TRANSFORMERS}'`."
+    ) from error
+
 logger = logging.get_logger(__name__)
 
-# A scorer-only artifact (see `hub_utils.save_scorer`): its scorer tensors, named as in `state_dict()`.
+# A scorer-only artifact (see `visionselector.publishing.save_scorer`): its scorer tensors, named as in `state_dict()`.
 SCORER_WEIGHTS_NAME = "scorer.safetensors"
 # The `from_pretrained` arguments that say where the artifact's files are.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
@@ -230,6 +244,7 @@ class VisionSelectorMixin:
         device_map=None,
         attn_implementation: str | None = None,
         quantization_config=None,
+        use_kernels: bool | None = None,
         **config_overrides,
     ):
         """A VisionSelector around a stock Qwen-VL model, with the backbone's weights and a fresh scorer.
@@ -240,8 +255,11 @@ class VisionSelectorMixin:
         Args:
             model_or_path (stock `*ForConditionalGeneration` or `str`): a loaded backbone, whose tensors the new
                 model shares (no copy), or a Hub id / folder of a stock checkpoint.
-            revision, dtype, device_map, attn_implementation, quantization_config: passed to `from_pretrained` for
-                a path (a quantized backbone keeps the scorer unquantized: see `scorer_unquantized`).
+            revision, dtype, device_map, attn_implementation, quantization_config, use_kernels: passed to
+                `from_pretrained` for a path (a quantized backbone keeps the scorer unquantized: see
+                `scorer_unquantized`). A loaded backbone's own Hub-kernel choice (`backbone.use_kernels`;
+                transformers 5.25's `from_pretrained` turns kernels on by default) is applied to the new model, so
+                that it runs the same kernels as the stock model.
             **config_overrides: VisionSelector configuration fields (e.g. `retention_ratio=0.3`).
         """
         for selector_class in VISIONSELECTOR_CLASSES.values():
@@ -266,6 +284,7 @@ class VisionSelectorMixin:
             "device_map": device_map,
             "attn_implementation": attn_implementation,
             "quantization_config": quantization_config,
+            "use_kernels": use_kernels,
         }
         return selector_class.from_pretrained(
             path, config=config, revision=revision, **{k: v for k, v in loading.items() if v is not None}
@@ -295,7 +314,12 @@ class VisionSelectorMixin:
         if config.tie_word_embeddings:
             model.lm_head.weight = model.get_input_embeddings().weight
         model.generation_config = copy.deepcopy(backbone.generation_config)
-        return model.train(backbone.training)
+        model.train(backbone.training)
+        # The backbone's Hub-kernel choice (`from_pretrained` applies kernels by default from transformers 5.25 on; a
+        # model built from its config does not): the wrapped model runs the same kernels as the stock one.
+        if getattr(backbone, "use_kernels", False):
+            model.set_use_kernels(True, getattr(backbone, "kernel_config", None))
+        return model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
@@ -414,11 +438,33 @@ class VisionSelectorMixin:
                     f"`{kind}_grid_thw` {grid.tolist()} describes {patches} patches, but the {kind} pixels hold "
                     f"{pixels.shape[0]} (shape {tuple(pixels.shape)}); pass the processor's pixels with their own grid."
                 )
+            internal = f"{type(self.model).__name__}.get_{kind}_features"
+            require_parameters(encode, internal, (f"{kind}_grid_thw",))
             encoded = encode(pixels, grid, return_dict=True)
+            require_fields(encoded, internal, ("pooler_output",))
             items = list(encoded.pooler_output)
+            lengths = (grid.prod(-1) // self.config.vision_config.spatial_merge_size**2).tolist()
+            if [tuple(item.shape[:1]) for item in items] != [(n,) for n in lengths] or any(i.ndim != 2 for i in items):
+                raise stock_internal_error(
+                    internal,
+                    f"returned a `pooler_output` of shapes {[tuple(item.shape) for item in items]}, not one "
+                    f"(merged tokens, hidden) tensor per {kind} with {lengths} tokens",
+                )
             features += items
-            layers = getattr(encoded, "deepstack_features", None)  # Qwen3-VL: (layers, items) -> (items, layers)
-            deepstack += [list(per_item) for per_item in zip(*layers)] if layers is not None else [None] * len(items)
+            # Qwen3-VL: per deepstack layer, one tensor per item; dropping them would silently change the logits.
+            num_layers = len(getattr(self.config.vision_config, "deepstack_visual_indexes", None) or ())
+            if num_layers:
+                require_fields(encoded, internal, ("deepstack_features",))
+                layers = encoded.deepstack_features
+                if len(layers) != num_layers or any(len(layer) != len(items) for layer in layers):
+                    raise stock_internal_error(
+                        internal,
+                        f"returned `deepstack_features` of {[len(layer) for layer in layers]} items per layer, not "
+                        f"{num_layers} layers of {len(items)} items",
+                    )
+                deepstack += [list(per_item) for per_item in zip(*layers)]  # (layers, items) -> (items, layers)
+            else:
+                deepstack += [None] * len(items)
         return features, (deepstack if any(item is not None for item in deepstack) else None)
 
     def _merged_grids(self, image_grid_thw, video_grid_thw, num_images: int) -> list[tuple[int, int, int]]:
@@ -531,14 +577,13 @@ class VisionSelectorMixin:
             keep &= placeholder_keep_mask(input_ids, token_id, lengths, selection.kept_indices[items])
 
         if position_ids is None:
-            rope_kwargs = {} if second_per_grid_ts is None else {"second_per_grid_ts": second_per_grid_ts}
-            position_ids, _ = self.model.get_rope_index(
+            position_ids = self._stock_positions(
                 input_ids,
                 mm_token_type_ids=self._mm_token_type_ids(input_ids, mm_token_type_ids),
                 image_grid_thw=image_grid_thw if num_images else None,
                 video_grid_thw=video_grid_thw if len(selection.features) > num_images else None,
                 attention_mask=attention_mask,
-                **rope_kwargs,
+                **({} if second_per_grid_ts is None else {"second_per_grid_ts": second_per_grid_ts}),
             )
         elif position_ids.ndim == 3 and position_ids.shape[0] == 4:
             position_ids = position_ids[1:]  # the text row is rebuilt by `generate` for the shorter sequence
@@ -578,6 +623,29 @@ class VisionSelectorMixin:
             mm_encoder_outputs=self._encoder_outputs(kept(selection.features), deepstack, num_images),
             original_length=input_ids.shape[1],
         )
+
+    def _stock_positions(self, input_ids: torch.LongTensor, **rope_inputs) -> torch.LongTensor:
+        """The stock `get_rope_index` positions `(3, B, L)` of the whole sequence (its deltas are not needed)."""
+        internal = f"{type(self.model).__name__}.get_rope_index"
+        require_parameters(self.model.get_rope_index, internal, rope_inputs)
+        result = self.model.get_rope_index(input_ids, **rope_inputs)
+        positions = result[0] if isinstance(result, tuple) and len(result) == 2 else None
+        if not isinstance(positions, torch.Tensor) or positions.shape != (3, *input_ids.shape):
+            got = positions if isinstance(positions, torch.Tensor) else result
+            got = f"a tensor of shape {tuple(got.shape)}" if isinstance(got, torch.Tensor) else f"a {type(got).__name__}"
+            raise stock_internal_error(
+                internal, f"returned {got}, not the pair (positions (3, {', '.join(map(str, input_ids.shape))}), deltas)"
+            )
+        return positions
+
+    def _check_stock_forward(self) -> None:
+        """A `StockInternalError` unless the stock forward takes what the pruned forward and generate hand it."""
+        for owner in (self.stock_class, type(self.model)):
+            require_parameters(
+                owner.forward, f"{owner.__name__}.forward", ("mm_encoder_outputs", "mm_token_type_ids", "position_ids")
+            )
+        if not hasattr(self.model, "rope_deltas"):  # decoding steps add it to the text position of each new token
+            raise stock_internal_error(f"{type(self.model).__name__}.rope_deltas", "does not exist")
 
     # ------------------------------------------------------------------ forward
 
@@ -662,6 +730,7 @@ class VisionSelectorMixin:
             if deepstack is not None:
                 deepstack = [[layer * mask.to(layer.dtype) for layer in item] for item, mask in zip(deepstack, item_masks)]
             num_images = image_grid_thw.shape[0] if pixel_values is not None else 0
+            self._check_stock_forward()
             stock_inputs["mm_token_type_ids"] = self._mm_token_type_ids(input_ids, mm_token_type_ids)
             outputs = super().forward(
                 mm_encoder_outputs=self._encoder_outputs(features, deepstack, num_images), **stock_inputs
@@ -685,6 +754,7 @@ class VisionSelectorMixin:
             video_grid_thw=video_grid_thw,
             second_per_grid_ts=kwargs.pop("second_per_grid_ts", None),
         )
+        self._check_stock_forward()
         self.model.rope_deltas = pruned.rope_deltas
         outputs = super().forward(
             input_ids=pruned.input_ids,
@@ -738,7 +808,8 @@ class VisionSelectorMixin:
             )
         _check_empty_cache(arguments)
         generation_config = arguments.get("generation_config") or self.generation_config
-        chunked = arguments.get("prefill_chunk_size", generation_config.prefill_chunk_size) is not None
+        chunked = arguments.get("prefill_chunk_size", getattr(generation_config, "prefill_chunk_size", None)) is not None
+        # A known defect of the stock chunked prefill in older releases (not a feature check): a version floor.
         if chunked and TRANSFORMERS_VERSION < _CHUNKED_MULTIMODAL_PREFILL:
             raise ValueError(
                 f"`prefill_chunk_size` with images or videos needs transformers >= {_CHUNKED_MULTIMODAL_PREFILL}: the "
@@ -767,6 +838,7 @@ class VisionSelectorMixin:
         arguments.update(_lengths_of_the_pruned_prompt(arguments, generation_config, pruned))
         if arguments.get("streamer") is not None:
             arguments["streamer"] = _CallerPromptStreamer(arguments["streamer"], input_ids)
+        self._check_stock_forward()
         self.model.rope_deltas = pruned.rope_deltas
 
         outputs = super().generate(

@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modeling_visionselector import SCORER_WEIGHTS_NAME, VisionSelectorForConditionalGeneration, save_scorer
+from modeling_visionselector import SCORER_WEIGHTS_NAME, VisionSelectorForConditionalGeneration
+from visionselector.publishing import save_scorer
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from modeling_visionselector import (
     VISIONSELECTOR_CLASSES,
     VisionSelectorForConditionalGeneration,
     num_kept_tokens,
-    save_scorer,
 )
 from modeling_visionselector.selectors import SELECTORS
 from oracle import masked_attention, masked_greedy, masked_logits, stock_positions
+from visionselector.publishing import save_scorer
 from visionselector.tiny import FAMILIES, tiny_model, tiny_processor
 
 RATIOS = [0.1, 0.37, 1.0]

@@ -18,14 +18,14 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from conftest import build_inputs
-from modeling_visionselector import (
-    VisionSelectorConfig,
-    VisionSelectorForConditionalGeneration,
+from modeling_visionselector import VisionSelectorConfig, VisionSelectorForConditionalGeneration
+from visionselector.publishing import (
+    SCORER_WEIGHTS_NAME,
     convert_checkpoint_to_scorer,
     push_scorer_to_hub,
+    results_table,
     save_scorer,
 )
-from modeling_visionselector.hub_utils import SCORER_WEIGHTS_NAME, results_table
 from visionselector.hub import main as hub_main
 
 SCORER_KEYS = {f"scorer.{p}_proj.{w}" for p in "qk" for w in ("weight", "bias")}
@@ -406,3 +406,23 @@ def test_cli_save_and_push(official_dir, base_dir, tmp_path):
     assert api.calls[0][2]["private"] is True and api.calls[-1][2]["commit_message"] == "hello"
     assert {SCORER_WEIGHTS_NAME, "config.json", "README.md"} <= {p.name for p in api.upload_copy.iterdir()}
     assert hub_main([]) == 2
+
+
+def test_the_old_import_paths_of_the_publishing_functions_warn_and_still_work(monkeypatch):
+    import importlib
+    import sys
+
+    import modeling_visionselector
+    from visionselector import publishing
+
+    monkeypatch.delitem(sys.modules, "modeling_visionselector.hub_utils", raising=False)
+    with pytest.warns(FutureWarning, match="moved to `visionselector.publishing`"):
+        old = importlib.import_module("modeling_visionselector.hub_utils")
+    assert {name: getattr(old, name) for name in publishing.__all__} == {
+        name: getattr(publishing, name) for name in publishing.__all__
+    }
+    for name in ("save_scorer", "push_scorer_to_hub", "convert_checkpoint_to_scorer", "scorer_state_dict"):
+        with pytest.warns(FutureWarning, match=f"visionselector.publishing.{name}"):
+            assert getattr(modeling_visionselector, name) is getattr(publishing, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        modeling_visionselector.no_such_name

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
-from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer
+from modeling_visionselector import VisionSelectorForConditionalGeneration
 from visionselector.hub import main as hub_main
+from visionselector.publishing import save_scorer
 from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl
 from visionselector_training import load_visionselector
 

@@ -276,7 +276,8 @@ _FAMILY_FOLDERS = {}
 def family_folders(family: str, root: Path) -> dict:
     """Per family: a stock checkpoint, a full VisionSelector checkpoint and a scorer-only artifact (with its processor),
     and the VisionSelector model (a scorer not at its initial value) the last two hold."""
-    from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer
+    from modeling_visionselector import VisionSelectorForConditionalGeneration
+    from visionselector.publishing import save_scorer
 
     from visionselector.tiny import tiny_model, tiny_processor
 
@@ -330,7 +331,7 @@ def test_plugin_runs_a_training_free_selector_on_a_stock_checkpoint(family, tmp_
 
 
 def test_a_scorer_only_artifact_without_processor_uses_its_backbones(tmp_path_factory, tmp_path):
-    from modeling_visionselector import save_scorer
+    from visionselector.publishing import save_scorer
 
     from visionselector.lmms_eval_model import VisionSelector
 

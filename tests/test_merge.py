@@ -8,8 +8,9 @@ from safetensors import safe_open
 from transformers import AutoModel
 
 from conftest import build_inputs
-from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer
+from modeling_visionselector import VisionSelectorForConditionalGeneration
 from visionselector.hub import main as hub_main
+from visionselector.publishing import save_scorer
 from visionselector.merge import SCORER_SHARD_NAME, merge_scorer_artifact
 
 

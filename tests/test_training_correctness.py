@@ -17,7 +17,8 @@ from datasets import Dataset
 from PIL import Image
 from transformers import AutoModel, TrainerCallback
 
-from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer
+from modeling_visionselector import VisionSelectorForConditionalGeneration
+from visionselector.publishing import save_scorer
 from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl
 from visionselector_training import SCORER_CHECKPOINT_NAME, VisionSelectorSFTTrainer
 from visionselector_training.collator import assistant_turn_mask

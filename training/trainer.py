@@ -23,9 +23,9 @@ from modeling_visionselector import (
     SCORER_WEIGHTS_NAME,
     VISIONSELECTOR_CLASSES,
     VisionSelectorForConditionalGeneration,
-    save_scorer,
     visionselector_class_for,
 )
+from visionselector.publishing import save_scorer
 
 from .collator import IGNORE_INDEX, VisionSelectorCollator, chatml_turn_ids
 from .config import VisionSelectorSFTConfig

@@ -15,6 +15,13 @@ Usage:
     visionselector-hub push --checkpoint runs/7b/final --repo_id me/VisionSelector-Qwen2.5-VL-7B --private \
         --revision v1 --commit_message "Scorer trained at 20% retention"
 
+    # one code repository for all your scorers: push the code once, then point each scorer at it (`auto_map`
+    # "me/visionselector-code--module.Class"), so that a fix pushed there reaches every scorer
+    visionselector-hub push-code --repo_id me/visionselector-code
+    visionselector-hub push --checkpoint runs/7b/final --repo_id me/VisionSelector-Qwen2.5-VL-7B \
+        --code_repo me/visionselector-code
+    visionselector-hub save-code --output_dir visionselector-code                  # the same, as a local folder
+
 Only the config and the scorer tensors of the checkpoint are read; the backbone is never loaded (`merge` copies
 its files).
 (`python -m visionselector.hub ...` works the same.)
@@ -27,7 +34,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from modeling_visionselector.hub_utils import convert_checkpoint_to_scorer, push_scorer_to_hub
+from visionselector.publishing import convert_checkpoint_to_scorer, push_code_to_hub, push_scorer_to_hub, save_code
 
 
 @dataclass
@@ -52,6 +59,13 @@ class ScorerArguments:
     )
     license: str = field(default="apache-2.0", metadata={"help": "Licence of the scorer (card metadata)."})
     tags: list[str] = field(default_factory=list, metadata={"help": "Extra Hub tags."})
+    code_repo: str | None = field(
+        default=None,
+        metadata={
+            "help": "A shared code repository (Hub id, or a folder `save-code` wrote) that the scorer's auto_map points "
+            "at, instead of shipping its own copy of the code (the default)."
+        },
+    )
 
 
 @dataclass
@@ -82,7 +96,19 @@ class MergeArguments:
     token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
 
 
-COMMANDS = {"save": SaveArguments, "convert": SaveArguments, "push": PushArguments, "merge": MergeArguments}
+@dataclass
+class SaveCodeArguments:
+    output_dir: str = field(metadata={"help": "The code folder to write."})
+
+
+COMMANDS = {
+    "save": SaveArguments,
+    "convert": SaveArguments,
+    "push": PushArguments,
+    "merge": MergeArguments,
+    "save-code": SaveCodeArguments,
+    "push-code": PushArguments,
+}
 
 
 def _processor(value: str):
@@ -96,7 +122,7 @@ def _processor(value: str):
 
 
 def main(argv: list[str] | None = None, api=None) -> int:
-    """Runs `visionselector-hub <save|convert|push> ...`; `api` (an `HfApi`) is for tests.
+    """Runs `visionselector-hub <command> ...` (the commands of `COMMANDS`); `api` (an `HfApi`) is for tests.
 
     Returns 0 on success, 2 on a usage error or a failure, which is printed as one `error:` line.
     """
@@ -105,6 +131,24 @@ def main(argv: list[str] | None = None, api=None) -> int:
         print(__doc__ + f"\nCommands: {', '.join(COMMANDS)}; `<command> --help` lists the options.", file=sys.stderr)
         return 2
     command = argv[0]
+    if command in ("save-code", "push-code"):
+        (args,) = HfArgumentParser(COMMANDS[command], prog=f"visionselector-hub {command}").parse_args_into_dataclasses(
+            args=argv[1:]
+        )
+        if command == "save-code":
+            print(f"Wrote the code repository to {save_code(args.output_dir)}")
+        else:
+            commit = push_code_to_hub(
+                args.repo_id,
+                private=args.private,
+                revision=args.revision,
+                commit_message=args.commit_message,
+                create_pr=args.create_pr,
+                token=args.token,
+                api=api,
+            )
+            print(f"Uploaded the code to {getattr(commit, 'commit_url', None) or args.repo_id}")
+        return 0
     if command == "merge":
         from visionselector.merge import merge_scorer_artifact
 
@@ -148,6 +192,7 @@ def _run(command: str, scorer_args: ScorerArguments, command_args, api) -> None:
         results=scorer_args.results,
         license=scorer_args.license,
         tags=scorer_args.tags,
+        code_repo=scorer_args.code_repo,
     )
     if command == "push":
         commit = push_scorer_to_hub(

@@ -1,6 +1,6 @@
 """A full, servable checkpoint from a scorer-only artifact, written file by file (no model is loaded).
 
-Serving engines (vLLM) load one folder, while a scorer-only artifact (see `modeling_visionselector.hub_utils`)
+Serving engines (vLLM) load one folder, while a scorer-only artifact (see `visionselector.publishing`)
 holds only `scorer.safetensors` and points at its backbone. `merge_scorer_artifact` writes a folder that holds:
 
 - the backbone's safetensors shards, copied byte for byte (any size: nothing is loaded into memory),

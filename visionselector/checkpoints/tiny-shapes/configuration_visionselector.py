@@ -18,18 +18,11 @@ import dataclasses
 import math
 import numbers
 
-import transformers
-from packaging import version
+from .compatibility import TRANSFORMERS_VERSION, check_transformers_version  # noqa: F401 (TRANSFORMERS_VERSION: re-exported)
 
-# Remote code runs under the user's transformers: fail here, at import, rather than deep inside a forward.
-SUPPORTED_TRANSFORMERS = (version.Version("5.20.0"), version.Version("5.25.0"))
-TRANSFORMERS_VERSION = version.Version(version.Version(transformers.__version__).base_version)
-if not SUPPORTED_TRANSFORMERS[0] <= TRANSFORMERS_VERSION < SUPPORTED_TRANSFORMERS[1]:
-    raise ImportError(
-        f"VisionSelector supports transformers >={SUPPORTED_TRANSFORMERS[0]},<{SUPPORTED_TRANSFORMERS[1]}, but "
-        f"transformers {transformers.__version__} is installed: `pip install 'transformers>="
-        f"{SUPPORTED_TRANSFORMERS[0]},<{SUPPORTED_TRANSFORMERS[1]}'`."
-    )
+# Remote code runs under the user's transformers: below the oldest release it runs on, fail here, at import, rather
+# than deep inside a forward; above the tested releases, warn once (see `compatibility.py`).
+check_transformers_version()
 
 from huggingface_hub.dataclasses import strict  # noqa: E402
 from transformers import (  # noqa: E402

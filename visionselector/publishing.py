@@ -4,7 +4,9 @@ A scorer-only artifact is a folder (or Hub repo) that points at the official bac
 
 - `config.json`: the full [`VisionSelectorConfig`] with `scorer_only=True`, `base_model_name_or_path` (and
   `base_model_revision`) and an `auto_map` entry for every auto class;
-- the code files (`modeling_visionselector.py` and its sibling imports), for `trust_remote_code`;
+- the code files (`modeling_visionselector.py` and its sibling imports), for `trust_remote_code`; or, with
+  `code_repo`, no code: `auto_map` then names a shared code repository (`"org/code--module.Class"`, which
+  transformers resolves), so that one fix there reaches every artifact that points at it (see `save_code`);
 - `scorer.safetensors`: the scorer tensors only, named as in `model.state_dict()` (`scorer.q_proj.weight`, ...);
 - the processor files, when a processor is given;
 - `README.md`: a model card with Hub metadata, usage and, when given, an accuracy-vs-retention table.
@@ -12,7 +14,9 @@ A scorer-only artifact is a folder (or Hub repo) that points at the official bac
 `AutoModel.from_pretrained(artifact, trust_remote_code=True)` loads the backbone from `base_model_name_or_path`
 and the scorer from the artifact (see `VisionSelectorForConditionalGeneration.from_pretrained`).
 
-This file is not part of the remote code: nothing in the shipped files imports it.
+This module is not part of the remote code (`modeling_visionselector/`, which checkpoints ship): it lives next to
+the hub CLI (`visionselector/hub.py`). In 0.1.0 it was `modeling_visionselector.hub_utils`; that name still
+imports, with a `FutureWarning`, until the next release.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import copy
 import csv
 import json
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -31,26 +36,91 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
-from transformers.dynamic_module_utils import custom_object_save
+from transformers.dynamic_module_utils import custom_object_save, get_relative_import_files
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file, logging
 
 from transformers import PreTrainedConfig
 
-from .configuration_visionselector import VisionSelectorFields
-from .modeling_visionselector import (
+from modeling_visionselector.configuration_visionselector import VisionSelectorFields
+from modeling_visionselector.modeling_visionselector import (
     SCORER_WEIGHTS_NAME,
     VisionSelectorForConditionalGeneration,
     VisionSelectorMixin,
     check_scorer_tensors,
     visionselector_class_for,
 )
-from .scoring import VisionSelectorScorer
 
 logger = logging.get_logger(__name__)
 
 PAPER_URL = "https://arxiv.org/abs/2510.16598"
 DEFAULT_TAGS = ("visionselector", "visual-token-pruning")
 ResultsType = Sequence[Mapping[str, object]] | str | os.PathLike | None
+
+
+# ---------------------------------------------------------------------------------------------------- code
+
+
+def code_files() -> list[str]:
+    """The names of the remote-code files: the modeling file and every file it imports, flat (as checkpoints ship them)."""
+    modeling_file = sys.modules[VisionSelectorForConditionalGeneration.__module__].__file__
+    return [Path(modeling_file).name, *sorted(Path(f).name for f in get_relative_import_files(modeling_file))]
+
+
+def _code_repo_of(auto_map: dict | None) -> str | None:
+    """The shared code repository that an artifact's `auto_map` points at, or None when the artifact ships its code."""
+    reference = (auto_map or {}).get("AutoModel", "")
+    return reference.split("--")[0] if "--" in reference else None
+
+
+def save_code(save_directory: str | os.PathLike, repo_id: str | None = None) -> Path:
+    """Writes a shared code repository: the remote-code files of every family, and a README saying what it is for.
+
+    Scorer artifacts saved with `code_repo=<its Hub id or this folder>` hold no code of their own: their `auto_map`
+    points here, so a fix pushed here reaches all of them (users who want a fixed code pass `code_revision=...`).
+    `repo_id` (the Hub id it is meant for) names it in the README.
+    """
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    custom_object_save(VisionSelectorForConditionalGeneration, folder)
+    name = repo_id or folder.resolve().name
+    (folder / "README.md").write_text(
+        "---\nlibrary_name: transformers\ntags:\n- visionselector\n---\n\n"
+        f"# {name.split('/')[-1]}\n\nThe [VisionSelector]({PAPER_URL}) model code (`{'`, `'.join(code_files())}`) that VisionSelector "
+        "scorer repositories load with `trust_remote_code=True`: their `config.json` names it in `auto_map` "
+        f'(`"{name}--modeling_visionselector.VisionSelectorForConditionalGeneration"`), so they ship no code of '
+        "their own and a fix here reaches them all. Pin a version with `from_pretrained(..., code_revision=...)`.\n"
+    )
+    return folder
+
+
+def push_code_to_hub(
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    token: str | bool | None = None,
+    api: HfApi | None = None,
+):
+    """Uploads the shared code repository (see `save_code`) to the Hub repo `repo_id`, in one commit.
+
+    Arguments as in [`push_scorer_to_hub`]. Returns the `CommitInfo` of the upload.
+    """
+    api = api if api is not None else HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision is not None and not create_pr:
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    with tempfile.TemporaryDirectory(prefix="visionselector-code-") as folder:
+        save_code(folder, repo_id=repo_id)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message or "Upload the VisionSelector model code",
+            create_pr=create_pr,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- saving
@@ -65,8 +135,31 @@ def scorer_state_dict(model: VisionSelectorMixin) -> dict[str, torch.Tensor]:
     }
 
 
+def code_auto_map(config_class: type, code_repo: str | None = None) -> dict[str, str]:
+    """The `auto_map` of an artifact of `config_class`: `module.Class` references to the code the artifact ships, or,
+    with `code_repo` (a Hub id, or a folder that `save_code` wrote), `"<code_repo>--module.Class"` references, which
+    transformers loads from that repository (at `code_revision`, by default its main branch)."""
+    auto_map = config_class.default_auto_map()
+    if code_repo is None:
+        return auto_map
+    code_repo = str(code_repo)
+    if os.path.isdir(code_repo):
+        missing = sorted(set(code_files()) - set(os.listdir(code_repo)))
+        if missing:
+            raise ValueError(f"`code_repo` {code_repo!r} lacks the code files {missing}: write it with `save_code`.")
+        code_repo = os.path.abspath(code_repo)  # found from any directory
+    elif code_repo.count("/") != 1 or code_repo.startswith((".", "/", "~")):
+        raise ValueError(f"`code_repo` must be a Hub id ('org/name') or a folder that `save_code` wrote, got {code_repo!r}.")
+    if "--" in code_repo:  # transformers splits the reference at its one "--"
+        raise ValueError(f"`code_repo` cannot contain '--' (transformers splits `auto_map` references there), got {code_repo!r}.")
+    return {auto_class: f"{code_repo}--{reference}" for auto_class, reference in auto_map.items()}
+
+
 def scorer_only_config(
-    config: VisionSelectorFields, base_model_name_or_path: str | None = None, base_model_revision: str | None = None
+    config: VisionSelectorFields,
+    base_model_name_or_path: str | None = None,
+    base_model_revision: str | None = None,
+    code_repo: str | None = None,
 ) -> VisionSelectorFields:
     """A copy of `config` that describes a scorer-only artifact of the backbone `base_model_name_or_path`."""
     config = copy.deepcopy(config)
@@ -83,7 +176,7 @@ def scorer_only_config(
     # The artifact loads the backbone as its own checkpoint stores it, not as a training run quantized it.
     if getattr(config, "quantization_config", None) is not None:
         del config.quantization_config
-    config.auto_map = type(config).default_auto_map()  # the code ships with the artifact: `module.Class` references
+    config.auto_map = code_auto_map(type(config), code_repo)
     config.architectures = [type(config).model_class_name]
     return config
 
@@ -99,6 +192,7 @@ def save_scorer(
     license: str = "apache-2.0",
     tags: Sequence[str] = (),
     repo_id: str | None = None,
+    code_repo: str | None = None,
 ) -> Path:
     """Writes the scorer-only artifact of `model` to `save_directory` (see the module docstring).
 
@@ -116,11 +210,14 @@ def save_scorer(
             The backbone keeps its own licence.
         tags (`Sequence[str]`, *optional*): extra Hub tags.
         repo_id (`str`, *optional*): the repo the artifact is meant for, used in the card's usage snippet.
+        code_repo (`str`, *optional*): a shared code repository (Hub id, or a folder `save_code` wrote) that the
+            artifact's `auto_map` points at instead of shipping its own copy of the code. By default the artifact
+            is self-contained.
 
     Returns:
         `Path`: `save_directory`.
     """
-    config = scorer_only_config(model.config, base_model_name_or_path, base_model_revision)
+    config = scorer_only_config(model.config, base_model_name_or_path, base_model_revision, code_repo)
     config.dtype = str(model.dtype).removeprefix("torch.")  # the dtype `dtype="auto"` loads the backbone in
     return _write_scorer_artifact(
         save_directory, config, scorer_state_dict(model), type(model), processor, results, license, tags, repo_id
@@ -133,7 +230,8 @@ def _write_scorer_artifact(
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
     check_scorer_tensors(tensors, config, source="the scorer")
-    custom_object_save(model_class, folder)  # the modeling file and its relative imports, flat
+    if _code_repo_of(config.auto_map) is None:
+        custom_object_save(model_class, folder)  # the modeling file and its relative imports, flat
     config.save_pretrained(folder)
     save_file(tensors, folder / SCORER_WEIGHTS_NAME, metadata={"format": "pt"})
     if processor is not None:
@@ -179,11 +277,19 @@ def scorer_model_card(
     size = f", {_human_size(scorer_bytes)}" if scorer_bytes is not None else ""
     at_revision = f" at revision `{config.base_model_revision}`" if config.base_model_revision else ""
     processor_repo = repo_id if has_processor else base
+    code_repo = _code_repo_of(config.auto_map)
+    where_the_code_is = (
+        "the model code ships in this repository"
+        if code_repo is None
+        else f"the model code comes from the repository `{code_repo}`, which `config.json` names (pin it with "
+        "`code_revision=...`)"
+    )
     sections = [
         f"# {repo_id.split('/')[-1]}",
         f"A [VisionSelector]({PAPER_URL}) scorer for [{base}](https://huggingface.co/{base}): {num_parameters:,} "
         "trained parameters that pick which merged visual tokens reach the language model, so the prefill runs on a "
-        f"fraction of them. This repository holds only the scorer (`{SCORER_WEIGHTS_NAME}`{size}) and the code; "
+        f"fraction of them. This repository holds only the scorer (`{SCORER_WEIGHTS_NAME}`{size})"
+        f"{' and the code' if code_repo is None else ''}; "
         f"the backbone is loaded from `{base}`{at_revision}.",
         "## Usage",
         "```python\n"
@@ -200,7 +306,7 @@ def scorer_model_card(
         "```",
         f"`retention_ratio` (in (0, 1], default {config.retention_ratio}) is the share of each image's and video's "
         "visual tokens kept; 1.0 reproduces the backbone exactly. Inference needs only transformers (and torchvision "
-        "for the processor): the model code ships in this repository, hence `trust_remote_code=True`.",
+        f"for the processor): {where_the_code_is}, hence `trust_remote_code=True`.",
     ]
     if results is not None:
         sections += ["## Results", results_table(results)]
@@ -279,7 +385,7 @@ def push_scorer_to_hub(
         token (`str` or `bool`, *optional*): the Hub token; unused when `api` is given.
         api (`HfApi`, *optional*): the client to use (tests pass a double).
         **save_kwargs: arguments of [`save_scorer`] or [`convert_checkpoint_to_scorer`] (`processor`,
-            `base_model_name_or_path`, `results`, `license`, `tags`, ...).
+            `base_model_name_or_path`, `results`, `license`, `tags`, `code_repo`, ...).
 
     Returns:
         The `CommitInfo` of the upload.
@@ -293,11 +399,18 @@ def push_scorer_to_hub(
             convert_checkpoint_to_scorer(model, folder, repo_id=repo_id, **save_kwargs)
         else:  # a model, possibly of the remote-code copy of the class
             save_scorer(model, folder, repo_id=repo_id, **save_kwargs)
-        base = PreTrainedConfig.get_config_dict(folder)[0]["base_model_name_or_path"]
+        stored = PreTrainedConfig.get_config_dict(folder)[0]
+        base = stored["base_model_name_or_path"]
         if Path(base).is_dir():
             warnings.warn(
                 f"The scorer pushed to {repo_id} points at the local folder {base!r} for its backbone, which nobody "
                 "else can load: pass `base_model_name_or_path=<Hub id>` (e.g. 'Qwen/Qwen2.5-VL-7B-Instruct')."
+            )
+        code_repo = _code_repo_of(stored.get("auto_map"))
+        if code_repo is not None and Path(code_repo).is_dir():
+            warnings.warn(
+                f"The scorer pushed to {repo_id} points at the local folder {code_repo!r} for its code, which nobody "
+                "else can load: pass `code_repo=<Hub id>` (a repository `push_code_to_hub` wrote), or no `code_repo`."
             )
         return api.upload_folder(
             repo_id=repo_id,
@@ -355,6 +468,7 @@ def convert_checkpoint_to_scorer(
     license: str = "apache-2.0",
     tags: Sequence[str] = (),
     repo_id: str | None = None,
+    code_repo: str | None = None,
     **hub_kwargs,
 ) -> Path:
     """Writes the scorer-only artifact of a full checkpoint: the paper's released ones or a `save_pretrained` of ours.
@@ -371,13 +485,13 @@ def convert_checkpoint_to_scorer(
         base_model_revision (`str`, *optional*): its revision.
         processor (*optional*, defaults to `"checkpoint"`): the processor to ship: `"checkpoint"` loads the
             checkpoint's own with `AutoProcessor`, a processor object is saved as it is, `None` ships none.
-        results, license, tags, repo_id: as in [`save_scorer`].
+        results, license, tags, repo_id, code_repo: as in [`save_scorer`].
         **hub_kwargs: `revision`, `token`, `cache_dir`, `local_files_only`, ... for reading `checkpoint`.
     """
     model_type = PreTrainedConfig.get_config_dict(checkpoint, **hub_kwargs)[0].get("model_type")
     model_class = visionselector_class_for(model_type, f"The checkpoint {checkpoint}")
     config = model_class.config_class.from_pretrained(checkpoint, **hub_kwargs)
-    config = scorer_only_config(config, base_model_name_or_path, base_model_revision)
+    config = scorer_only_config(config, base_model_name_or_path, base_model_revision, code_repo)
     tensors = read_checkpoint_scorer(checkpoint, **hub_kwargs)
     check_scorer_tensors(tensors, config, source=f"The checkpoint {checkpoint}")
     if isinstance(processor, str) and processor == "checkpoint":
@@ -401,10 +515,14 @@ def convert_checkpoint_to_scorer(
 __all__ = [
     "SCORER_WEIGHTS_NAME",
     "check_scorer_tensors",
+    "code_auto_map",
+    "code_files",
     "convert_checkpoint_to_scorer",
+    "push_code_to_hub",
     "push_scorer_to_hub",
     "read_checkpoint_scorer",
     "results_table",
+    "save_code",
     "save_scorer",
     "scorer_model_card",
     "scorer_only_config",
