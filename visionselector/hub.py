@@ -22,9 +22,11 @@ its files).
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 
+from safetensors import SafetensorError
 from transformers import HfArgumentParser
 
 from modeling_visionselector.hub_utils import convert_checkpoint_to_scorer, push_scorer_to_hub
@@ -105,33 +107,55 @@ def main(argv: list[str] | None = None, api=None) -> int:
         print(__doc__ + f"\nCommands: {', '.join(COMMANDS)}; `<command> --help` lists the options.", file=sys.stderr)
         return 2
     command = argv[0]
-    if command == "merge":
-        from visionselector.merge import merge_scorer_artifact
-
-        (args,) = HfArgumentParser(MergeArguments, prog="visionselector-hub merge").parse_args_into_dataclasses(args=argv[1:])
-        folder = merge_scorer_artifact(
-            args.scorer,
-            args.output_dir,
-            base_model_name_or_path=args.base_model,
-            base_model_revision=args.base_model_revision,
-            revision=args.revision,
-            **({"token": args.token} if args.token else {}),
-        )
-        print(f"Wrote the full checkpoint to {folder}")
-        return 0
-    parser = HfArgumentParser((ScorerArguments, COMMANDS[command]), prog=f"visionselector-hub {command}")
-    scorer_args, command_args = parser.parse_args_into_dataclasses(args=argv[1:])
+    prog = f"visionselector-hub {command}"
     try:
-        _run(command, scorer_args, command_args, api)
-    except (ValueError, OSError) as error:
-        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        if command == "merge":
+            _merge(argv[1:], prog)
+        else:
+            parser = HfArgumentParser((ScorerArguments, COMMANDS[command]), prog=prog)
+            scorer_args, command_args = parser.parse_args_into_dataclasses(args=argv[1:])
+            _run(command, scorer_args, command_args, api)
+    except SystemExit as exit_:  # --help (0) or a usage error (2), already printed by argparse
+        return int(exit_.code or 0)
+    except (ValueError, OSError, SafetensorError) as error:
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     return 0
+
+
+def _merge(argv: list[str], prog: str) -> None:
+    from visionselector.merge import merge_scorer_artifact
+
+    (args,) = HfArgumentParser(MergeArguments, prog=prog).parse_args_into_dataclasses(args=argv)
+    _check_local(args.scorer, "--scorer")
+    _check_local(args.base_model, "--base_model")
+    folder = merge_scorer_artifact(
+        args.scorer,
+        args.output_dir,
+        base_model_name_or_path=args.base_model,
+        base_model_revision=args.base_model_revision,
+        revision=args.revision,
+        **({"token": args.token} if args.token else {}),
+    )
+    print(f"Wrote the full checkpoint to {folder}")
+
+
+def _check_local(value: str | None, option: str) -> None:
+    """A `ValueError` for a path that can only be local (absolute, `./`, `~`, or deeper than `org/name`) but is not a
+    folder here; a Hub id is left to the Hub."""
+    if value is None:
+        return
+    path = os.path.expanduser(value)
+    if os.path.isfile(path):
+        raise ValueError(f"{option} {value!r} is a file; it must be a folder or a Hub id.")
+    if (os.path.isabs(path) or value.startswith((".", "~")) or value.count("/") > 1) and not os.path.isdir(path):
+        raise ValueError(f"{option} {value!r}: no such folder (a local path; a Hub id has the form org/name).")
 
 
 def _run(command: str, scorer_args: ScorerArguments, command_args, api) -> None:
     from transformers import PreTrainedConfig
 
+    _check_local(scorer_args.checkpoint, "--checkpoint")
     try:
         stored, _ = PreTrainedConfig.get_config_dict(scorer_args.checkpoint)
     except OSError as error:
