@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import os
 from dataclasses import dataclass
 
@@ -71,6 +72,8 @@ SCORER_WEIGHTS_NAME = "scorer.safetensors"
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 # The names `generate` has used for the cache: `past_key_values`, and `cache` from transformers 5.24 on.
 _CACHE_KWARGS = ("cache", "past_key_values")
+# The selection settings a generation config may carry, used by `generate` as its defaults.
+_GENERATION_SELECTION_FIELDS = ("retention_ratio", "selector")
 # The first transformers whose chunked prefill of Qwen-VL prompts with images equals the whole prefill.
 _CHUNKED_MULTIMODAL_PREFILL = version.Version("5.23.0")
 
@@ -289,8 +292,28 @@ class VisionSelectorMixin:
         """
         loaded = cls._load_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if pretrained_model_name_or_path is not None and kwargs.get("generation_config") is None:
+            # transformers drops every field it does not know from a `generation_config.json` marked
+            # `_from_model_config` (as `save_pretrained` marks an untouched one): take ours from the file itself.
+            hub_kwargs = {name: kwargs[name] for name in _HUB_KWARGS if name in kwargs}
+            path = cached_file(
+                pretrained_model_name_or_path, "generation_config.json", _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False, **hub_kwargs,
+            )
+            if path is not None:
+                with open(path, encoding="utf-8") as file:
+                    stored = json.load(file)
+                for name in _GENERATION_SELECTION_FIELDS:
+                    if stored.get(name) is not None and getattr(model.generation_config, name, None) is None:
+                        setattr(model.generation_config, name, stored[name])
         check_generation_selection_settings(model.generation_config, f"the generation config of {pretrained_model_name_or_path}")
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """[`~PreTrainedModel.save_pretrained`], refusing a `retention_ratio` or `selector` in the generation config
+        that `from_pretrained` would refuse."""
+        check_generation_selection_settings(self.generation_config, "model.generation_config")
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def _load_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):

@@ -61,7 +61,7 @@ def check_placeholder_rows(
         if end not in boundaries:
             raise ValueError(
                 f"`input_ids` row {row} holds {count} {kind} placeholder tokens (id {token_id}), which do not make whole "
-                f"items: the items have {lengths} merged tokens in reading order, so the rows' counts {per_row} would "
+                f"items: `{kind}_grid_thw` gives the items {lengths} merged tokens in reading order, so the rows' counts {per_row} would "
                 "split an item between rows. Every image/video needs exactly as many placeholders as its `grid_thw` "
                 "gives merged tokens, in its own row; build inputs with the processor."
             )
@@ -74,7 +74,7 @@ def check_placeholder_rows(
         if split:
             raise ValueError(
                 f"`input_ids` holds a run of {kind} placeholder tokens (id {token_id}) that ends after {split[0]} "
-                f"placeholders, inside an item: the items have {lengths} merged tokens in reading order, and each "
+                f"placeholders, inside an item: `{kind}_grid_thw` gives the items {lengths} merged tokens in reading order, and each "
                 f"{kind}'s placeholders must be one run of exactly that many; build inputs with the processor."
             )
 

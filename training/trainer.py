@@ -198,7 +198,7 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         """Settles `args.assistant_only_loss` (`None`: yes for `messages` data); returns the ChatML turn ids when the
         collator must find the assistant turns itself because TRL has no marked template for the processor's."""
         dataset = kwargs.get("train_dataset")
-        sample = next(iter(dataset)) if dataset is not None else {}
+        sample = _first_example(dataset) if dataset is not None else {}
         is_messages = "messages" in sample
         if args.assistant_only_loss is None:
             args.assistant_only_loss = is_messages
@@ -242,8 +242,35 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         self._metrics[mode][name].append(mean)
         return mean
 
+    def _check_batch(self, inputs) -> None:
+        """`labels` must fit `input_ids`; the first training batch is checked for what would train the scorer on
+        nothing: no supervised token (only the regulariser would train it) or no image/video (no gradient at all)."""
+        labels, input_ids = inputs.get("labels"), inputs.get("input_ids")
+        if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
+            raise ValueError(
+                f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)} (one label per token), got "
+                f"{tuple(labels.shape)}."
+            )
+        if not self.model.training or getattr(self, "_checked_first_batch", False):
+            return
+        self._checked_first_batch = True
+        if labels is not None and not bool((labels != IGNORE_INDEX).any()):
+            warnings.warn(
+                "The first training batch has no supervised token (every label is -100): the cross-entropy is 0 and "
+                "the scorer would train on the mask regulariser alone. Check that the rows have an assistant turn "
+                "(or a completion) and that `max_length` does not cut the answers off.",
+                stacklevel=2,
+            )
+        if inputs.get("pixel_values") is None and inputs.get("pixel_values_videos") is None:
+            warnings.warn(
+                "The first training batch holds no image or video: on text the scorer gets no gradient (grad_norm 0). "
+                "Train on data with `images` or `videos`.",
+                stacklevel=2,
+            )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
+        self._check_batch(inputs)
         inputs = {**inputs, "use_cache": False}
         labels = inputs.pop("labels", None)
         if labels is not None:
@@ -400,6 +427,14 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             self._load_scorer(best)
         else:
             super()._load_best_model()
+
+
+def _first_example(dataset) -> dict:
+    """The first example of `dataset`, or a `ValueError` if it has none (rather than a bare `StopIteration`)."""
+    example = next(iter(dataset), None)
+    if example is None:
+        raise ValueError("`train_dataset` is empty: there is nothing to train the scorer on.")
+    return example
 
 
 def _is_visionselector(model) -> bool:
