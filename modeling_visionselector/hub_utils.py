@@ -289,9 +289,6 @@ def push_scorer_to_hub(
         The `CommitInfo` of the upload.
     """
     api = api if api is not None else HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision is not None and not create_pr:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory(prefix="visionselector-scorer-") as folder:
         if isinstance(model, (str, os.PathLike)):
             convert_checkpoint_to_scorer(model, folder, repo_id=repo_id, **save_kwargs)
@@ -303,6 +300,10 @@ def push_scorer_to_hub(
                 f"The scorer pushed to {repo_id} points at the local folder {base!r} for its backbone, which nobody "
                 "else can load: pass `base_model_name_or_path=<Hub id>` (e.g. 'Qwen/Qwen2.5-VL-7B-Instruct')."
             )
+        # the repo and branch only once the artifact is written: a failure above leaves nothing on the Hub
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision is not None and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         return api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
