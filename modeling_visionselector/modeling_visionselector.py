@@ -241,6 +241,7 @@ class VisionSelectorMixin:
         from transformers import AutoConfig
 
         path = str(model_or_path)
+        _check_local_folder(path, "model_or_path")
         backbone_config = AutoConfig.from_pretrained(path, revision=revision)
         selector_class = visionselector_class_for(backbone_config.model_type, path)
         config_overrides.setdefault("base_model_name_or_path", path)
@@ -317,6 +318,8 @@ class VisionSelectorMixin:
 
     @classmethod
     def _load_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        if pretrained_model_name_or_path is not None and not isinstance(config, PreTrainedConfig):
+            _check_local_folder(str(pretrained_model_name_or_path), "pretrained_model_name_or_path")
         hub_kwargs = {name: kwargs[name] for name in _HUB_KWARGS if name in kwargs}
         if pretrained_model_name_or_path is None:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
@@ -989,6 +992,14 @@ def _unreadable_safetensors(folder) -> str:
             except (SafetensorError, OSError):
                 return f"{os.path.join(folder, name)}: "
     return ""
+
+
+def _check_local_folder(name: str, argument: str) -> None:
+    """A `ValueError` for a `name` that can only be a local path (see `_looks_like_a_path`) but is not a folder here,
+    where the Hub client would answer "Repo id must be in the form 'repo_name' or 'namespace/repo_name'"."""
+    if _looks_like_a_path(name) and not os.path.isdir(os.path.expanduser(name)):
+        what = "a file, not a folder" if os.path.isfile(os.path.expanduser(name)) else "not a folder on this machine"
+        raise ValueError(f"`{argument}` {name!r} is {what}; give a checkpoint folder or a Hub id (org/name).")
 
 
 def _looks_like_a_path(name: str) -> bool:

@@ -66,7 +66,7 @@ def _moved_placeholder(inputs, image_token_id):
     row1 = (ids[1] == image_token_id).nonzero().flatten()
     ids[0, row0[-1]] = 10
     ids[1, row1[0] - 1] = image_token_id
-    return {**inputs, "input_ids": ids}
+    return {**inputs, "input_ids": ids, "mm_token_type_ids": (ids == image_token_id).long()}
 
 
 class TestPlaceholderRows:
@@ -95,8 +95,13 @@ class TestPlaceholderRows:
         positions = (ids[0] == model.config.image_token_id).nonzero().flatten()
         ids[0, positions[3]] = 10  # image 0 gets 3 placeholders, image 1 gains the text token after its start
         ids[0, positions[4] - 2] = model.config.image_token_id
-        with pytest.raises(ValueError, match="input_ids"):
-            model(**{**inputs, "input_ids": ids}, retention_ratio=0.5)
+        with pytest.raises(ValueError, match="`input_ids` holds a run of image placeholder tokens"):
+            model(**{**inputs, "input_ids": ids, "mm_token_type_ids": (ids == model.config.image_token_id).long()}, retention_ratio=0.5)
+
+    def test_token_types_that_do_not_mark_the_placeholders_are_refused(self, model, make_inputs):
+        inputs = make_inputs([[("image", 56, 56)]])
+        with pytest.raises(ValueError, match="`mm_token_type_ids` must mark the placeholders"):
+            model(**{**inputs, "mm_token_type_ids": torch.zeros_like(inputs["input_ids"])}, retention_ratio=0.5)
 
 
 # Each keeps the 32 patches of the two 4 x 4 images, so only a check of the grid itself can catch it.
@@ -299,3 +304,8 @@ class TestLoadingAndNumbers:
         tiny_model("qwen3_vl").save_pretrained(tmp_path / "qwen3")
         with pytest.raises(ValueError, match="'qwen3_vl' model, but the artifact is a 'visionselector_qwen2_5_vl'"):
             VisionSelectorForConditionalGeneration.from_pretrained(scorer_folder, base_model_name_or_path=str(tmp_path / "qwen3"))
+
+    @pytest.mark.parametrize("entry", ["from_pretrained", "from_backbone"])
+    def test_a_missing_local_folder_is_named_not_taken_for_a_repo_id(self, tmp_path, entry):
+        with pytest.raises(ValueError, match=r"not a folder on this machine"):
+            getattr(VisionSelectorForConditionalGeneration, entry)(str(tmp_path / "missing"))

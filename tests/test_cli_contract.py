@@ -120,6 +120,7 @@ class TestHubCommandFailuresAreOneErrorLine:
             ["merge", "--scorer", "{scorer}", "--output_dir", "{out}", "--base_model", "{tmp}/missing"],
             ["merge", "--scorer", "{scorer}", "--output_dir", "{out}", "--no_such_option", "1"],
             ["merge", "--scorer", "{scorer}"],
+            ["upload", "--checkpoint", "{run}"],
         ],
     )
     def test_failure(self, folders, tmp_path, capsys, argv):
@@ -131,7 +132,7 @@ class TestHubCommandFailuresAreOneErrorLine:
         argv = [arg.format(**paths) for arg in argv]
         before, inputs = snapshot(tmp_path), snapshot(folders)
         assert hub_main(argv, api=_NoUploads()) == 2
-        assert_one_error_line(capsys, f"visionselector-hub {argv[0]}")
+        assert_one_error_line(capsys, f"visionselector-hub {argv[0]}" if argv[0] != "upload" else "visionselector-hub")
         assert snapshot(tmp_path) == before and snapshot(folders) == inputs
 
 

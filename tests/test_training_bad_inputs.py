@@ -100,3 +100,13 @@ def test_a_truncated_image_names_its_file_and_example(tmp_path):
     examples[1]["images"] = [Image.open(tmp_path / "cut.png")]  # opens lazily; decoding fails in the processor
     with pytest.raises(ValueError, match=r"Image 0 of example 1 of the batch \(.*cut.png\) cannot be read"):
         trainer.data_collator(examples)
+
+
+def test_a_missing_model_folder_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"`model` '.*missing' is not a folder"):
+        VisionSelectorSFTTrainer(str(tmp_path / "missing"), args=tiny_run_args(tmp_path, max_steps=1), train_dataset=Dataset.from_list(rows()))
+
+
+def test_an_object_that_is_not_a_model_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="`model` must be a VisionSelector"):
+        VisionSelectorSFTTrainer(torch.nn.Linear(2, 2), args=tiny_run_args(tmp_path, max_steps=1))

@@ -59,6 +59,9 @@ def load_visionselector(model_name_or_path: str, **kwargs):
     kwargs = {key: value for key, value in kwargs.items() if value is not None and key != "trust_remote_code"}
     if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] != "auto":
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+    if os.path.isabs(model_name_or_path) or model_name_or_path.startswith((".", "~")) or model_name_or_path.count("/") > 1:
+        if not os.path.isdir(os.path.expanduser(model_name_or_path)):
+            raise ValueError(f"`model` {model_name_or_path!r} is not a folder on this machine; give a checkpoint folder or a Hub id.")
     config_dict, _ = PreTrainedConfig.get_config_dict(model_name_or_path, revision=kwargs.get("revision"))
     model_type = config_dict.get("model_type")
     model_class = visionselector_class_for(model_type, repr(model_name_or_path))
@@ -110,6 +113,11 @@ class VisionSelectorSFTTrainer(SFTTrainer):
     def __init__(self, model, args: VisionSelectorSFTConfig | TrainingArguments | None = None, **kwargs):
         if kwargs.get("peft_config") is not None:
             raise ValueError("`peft_config` is not supported: VisionSelectorSFTTrainer trains the scorer only.")
+        if not isinstance(model, str) and not isinstance(getattr(model, "config", None), PreTrainedConfig):
+            raise ValueError(
+                f"`model` must be a VisionSelector or a stock Qwen-VL backbone ({sorted(VISIONSELECTOR_CLASSES)}) or a "
+                f"path to one, got {type(model).__name__}."
+            )
         if args is None:
             name = model if isinstance(model, str) else model.config.name_or_path or "visionselector"
             args = VisionSelectorSFTConfig(f"{os.path.basename(str(name).rstrip('/'))}-VisionSelector")

@@ -127,7 +127,8 @@ def load_model_and_processor(model: str, revision: str | None = None, device: st
             raise CommandError(
                 f"{model!r} is a {model_type!r} checkpoint, not a VisionSelector "
                 f"({', '.join(sorted(c.config_class.model_type for c in VISIONSELECTOR_CLASSES.values()))}); train a "
-                "scorer for it first (see visionselector_training)."
+                "scorer for it first (see visionselector_training).",
+                EXIT_USAGE,
             )
         config = model_class.config_class.from_pretrained(source, revision=revision)
         network = model_class.from_pretrained(source, config=config, revision=revision)

@@ -103,8 +103,11 @@ def main(argv: list[str] | None = None, api=None) -> int:
     Returns 0 on success, 2 on a usage error or a failure, which is printed as one `error:` line.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in COMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__ + f"\nCommands: {', '.join(COMMANDS)}; `<command> --help` lists the options.", file=sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"visionselector-hub: error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
     command = argv[0]
     prog = f"visionselector-hub {command}"

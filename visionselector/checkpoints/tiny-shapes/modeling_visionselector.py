@@ -241,6 +241,7 @@ class VisionSelectorMixin:
         from transformers import AutoConfig
 
         path = str(model_or_path)
+        _check_local_folder(path, "model_or_path")
         backbone_config = AutoConfig.from_pretrained(path, revision=revision)
         selector_class = visionselector_class_for(backbone_config.model_type, path)
         config_overrides.setdefault("base_model_name_or_path", path)
@@ -317,6 +318,8 @@ class VisionSelectorMixin:
 
     @classmethod
     def _load_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        if pretrained_model_name_or_path is not None and not isinstance(config, PreTrainedConfig):
+            _check_local_folder(str(pretrained_model_name_or_path), "pretrained_model_name_or_path")
         hub_kwargs = {name: kwargs[name] for name in _HUB_KWARGS if name in kwargs}
         if pretrained_model_name_or_path is None:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
@@ -567,12 +570,22 @@ class VisionSelectorMixin:
             outputs[kind] = encoder_output(**fields)
         return outputs
 
-    def _check_sequence_inputs(self, input_ids, attention_mask, labels) -> None:
-        """A `ValueError` naming the argument unless `attention_mask` and `labels` fit `input_ids` `(B, L)`: the same
-        shape, a mask of 0/1 with at least one 1 per row and 1 at every visual placeholder."""
+    def _check_sequence_inputs(self, input_ids, attention_mask, labels, mm_token_type_ids=None) -> None:
+        """A `ValueError` naming the argument unless `attention_mask`, `labels` and `mm_token_type_ids` fit
+        `input_ids` `(B, L)`: the same shape, a mask of 0/1 with at least one 1 per row and 1 at every visual
+        placeholder, token types that mark exactly the image (1) and video (2) placeholders."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
             shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise ValueError(f"`input_ids` must be an integer tensor of shape (batch, length), got {shape}.")
+        if mm_token_type_ids is not None and (
+            not isinstance(mm_token_type_ids, torch.Tensor)
+            or mm_token_type_ids.shape != input_ids.shape
+            or not torch.equal(mm_token_type_ids.to(input_ids.device).long(), self._mm_token_type_ids(input_ids, None))
+        ):
+            raise ValueError(
+                "`mm_token_type_ids` must mark the placeholders of `input_ids` (1 at each image placeholder, 2 at each "
+                "video placeholder, 0 elsewhere, same shape); build both with the processor, or leave it out."
+            )
         for name, value in (("attention_mask", attention_mask), ("labels", labels)):
             if value is not None and (not isinstance(value, torch.Tensor) or value.shape != input_ids.shape):
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -622,7 +635,7 @@ class VisionSelectorMixin:
         Returns:
             [`PrunedInputs`]
         """
-        self._check_sequence_inputs(input_ids, attention_mask, labels)
+        self._check_sequence_inputs(input_ids, attention_mask, labels, mm_token_type_ids)
         num_images = selection.num_images
         groups = {
             "image": (self.config.image_token_id, slice(0, num_images)),
@@ -760,7 +773,7 @@ class VisionSelectorMixin:
             )
             lengths = [item.shape[0] for item in features]
             num_images = image_grid_thw.shape[0] if pixel_values is not None else 0
-            self._check_sequence_inputs(input_ids, attention_mask, labels)
+            self._check_sequence_inputs(input_ids, attention_mask, labels, mm_token_type_ids)
             check_placeholder_rows(input_ids, self.config.image_token_id, lengths[:num_images], "image", True)
             check_placeholder_rows(input_ids, self.config.video_token_id, lengths[num_images:], "video")
             scores = self.scorer(torch.cat(features), lengths)  # (N,)
@@ -979,6 +992,14 @@ def _unreadable_safetensors(folder) -> str:
             except (SafetensorError, OSError):
                 return f"{os.path.join(folder, name)}: "
     return ""
+
+
+def _check_local_folder(name: str, argument: str) -> None:
+    """A `ValueError` for a `name` that can only be a local path (see `_looks_like_a_path`) but is not a folder here,
+    where the Hub client would answer "Repo id must be in the form 'repo_name' or 'namespace/repo_name'"."""
+    if _looks_like_a_path(name) and not os.path.isdir(os.path.expanduser(name)):
+        what = "a file, not a folder" if os.path.isfile(os.path.expanduser(name)) else "not a folder on this machine"
+        raise ValueError(f"`{argument}` {name!r} is {what}; give a checkpoint folder or a Hub id (org/name).")
 
 
 def _looks_like_a_path(name: str) -> bool:

@@ -21,15 +21,9 @@ def placeholder_keep_mask(
     Placeholders are matched to items in reading order over (batch, sequence), the order in which the
     processor wrote them and the vision encoder returns their features; item `i` owns the next `lengths[i]`.
     """
+    check_placeholder_rows(input_ids, token_id, lengths, kind, contiguous_items)
     placeholders = input_ids == token_id
     found = int(placeholders.sum())
-    if found != sum(lengths):
-        raise ValueError(
-            f"The text holds {found} placeholder tokens (id {token_id}) but the visual inputs give {sum(lengths)} "
-            f"merged tokens ({lengths} per item): every image/video needs exactly as many placeholders as its "
-            "`grid_thw` gives merged tokens (t * h * w / merge_size**2); build inputs with the processor."
-        )
-    check_placeholder_rows(input_ids, token_id, lengths, kind, contiguous_items)
     keep_flat = torch.zeros(found, dtype=torch.bool, device=input_ids.device)
     offset = 0
     for length, kept in zip(lengths, kept_indices):
@@ -50,6 +44,12 @@ def check_placeholder_rows(
     `contiguous_items` (images: each is one run of placeholders) every run must also end where an item ends.
     """
     per_row = (input_ids == token_id).sum(1).tolist()  # (B,)
+    if sum(per_row) != sum(lengths):
+        raise ValueError(
+            f"`input_ids` holds {sum(per_row)} {kind} placeholder tokens (id {token_id}) but `{kind}_grid_thw` gives "
+            f"{sum(lengths)} merged tokens ({lengths} per item): every {kind} needs exactly as many placeholders as its "
+            "grid gives merged tokens (t * h * w / merge_size**2); build inputs with the processor."
+        )
     boundaries = {0}
     total = 0
     for length in lengths:
