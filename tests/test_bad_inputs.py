@@ -309,3 +309,13 @@ class TestLoadingAndNumbers:
     def test_a_missing_local_folder_is_named_not_taken_for_a_repo_id(self, tmp_path, entry):
         with pytest.raises(ValueError, match=r"not a folder on this machine"):
             getattr(VisionSelectorForConditionalGeneration, entry)(str(tmp_path / "missing"))
+
+
+def test_save_scorer_into_the_folder_the_model_was_loaded_from_is_refused(model, tmp_path):
+    """Item 1, API side: a scorer-only config would replace the full checkpoint's."""
+    model.save_pretrained(tmp_path / "full")
+    loaded = VisionSelectorForConditionalGeneration.from_pretrained(tmp_path / "full")
+    before = {path.name: path.read_bytes() for path in (tmp_path / "full").iterdir()}
+    with pytest.raises(ValueError, match="overwrite the input"):
+        save_scorer(loaded, tmp_path / "full", base_model_name_or_path="some-org/backbone")
+    assert {path.name: path.read_bytes() for path in (tmp_path / "full").iterdir()} == before
