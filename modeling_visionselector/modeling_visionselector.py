@@ -570,13 +570,9 @@ class VisionSelectorMixin:
             outputs[kind] = encoder_output(**fields)
         return outputs
 
-    def _check_sequence_inputs(self, input_ids, attention_mask, labels, mm_token_type_ids=None) -> None:
-        """A `ValueError` naming the argument unless `attention_mask`, `labels` and `mm_token_type_ids` fit
-        `input_ids` `(B, L)`: the same shape, a mask of 0/1 with at least one 1 per row and 1 at every visual
-        placeholder, token types that mark exactly the image (1) and video (2) placeholders."""
-        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
-            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-            raise ValueError(f"`input_ids` must be an integer tensor of shape (batch, length), got {shape}.")
+    def _check_token_types(self, input_ids, mm_token_type_ids) -> None:
+        """A `ValueError` unless `mm_token_type_ids` (if given) marks exactly the image (1) and video (2) placeholders
+        of `input_ids` (checked after the placeholders themselves, which are the likelier culprit)."""
         if mm_token_type_ids is not None and (
             not isinstance(mm_token_type_ids, torch.Tensor)
             or mm_token_type_ids.shape != input_ids.shape
@@ -586,6 +582,13 @@ class VisionSelectorMixin:
                 "`mm_token_type_ids` must mark the placeholders of `input_ids` (1 at each image placeholder, 2 at each "
                 "video placeholder, 0 elsewhere, same shape); build both with the processor, or leave it out."
             )
+
+    def _check_sequence_inputs(self, input_ids, attention_mask, labels) -> None:
+        """A `ValueError` naming the argument unless `attention_mask` and `labels` fit `input_ids` `(B, L)`: the same
+        shape, a mask of 0/1 with at least one 1 per row and 1 at every visual placeholder."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"`input_ids` must be an integer tensor of shape (batch, length), got {shape}.")
         for name, value in (("attention_mask", attention_mask), ("labels", labels)):
             if value is not None and (not isinstance(value, torch.Tensor) or value.shape != input_ids.shape):
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -635,7 +638,7 @@ class VisionSelectorMixin:
         Returns:
             [`PrunedInputs`]
         """
-        self._check_sequence_inputs(input_ids, attention_mask, labels, mm_token_type_ids)
+        self._check_sequence_inputs(input_ids, attention_mask, labels)
         num_images = selection.num_images
         groups = {
             "image": (self.config.image_token_id, slice(0, num_images)),
@@ -648,6 +651,7 @@ class VisionSelectorMixin:
             keep &= placeholder_keep_mask(
                 input_ids, token_id, lengths, selection.kept_indices[items], kind, contiguous_items=kind == "image"
             )
+        self._check_token_types(input_ids, mm_token_type_ids)
 
         if position_ids is None:
             rope_kwargs = {} if second_per_grid_ts is None else {"second_per_grid_ts": second_per_grid_ts}
@@ -773,9 +777,10 @@ class VisionSelectorMixin:
             )
             lengths = [item.shape[0] for item in features]
             num_images = image_grid_thw.shape[0] if pixel_values is not None else 0
-            self._check_sequence_inputs(input_ids, attention_mask, labels, mm_token_type_ids)
+            self._check_sequence_inputs(input_ids, attention_mask, labels)
             check_placeholder_rows(input_ids, self.config.image_token_id, lengths[:num_images], "image", True)
             check_placeholder_rows(input_ids, self.config.video_token_id, lengths[num_images:], "video")
+            self._check_token_types(input_ids, mm_token_type_ids)
             scores = self.scorer(torch.cat(features), lengths)  # (N,)
             soft_mask = differentiable_topk(scores, lengths, [num_kept_tokens(n, ratio) for n in lengths])  # (N,)
             hard_mask = hard_topk_mask(scores.detach(), lengths, ratio)  # (N,)
