@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import os
 from dataclasses import dataclass
 
 import torch
 from packaging import version
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import (
     Qwen2_5_VLForConditionalGeneration,
@@ -51,7 +53,7 @@ from .configuration_visionselector import (
     VisionSelectorQwen3VLConfig,
     VisionSelectorQwen3VLMoeConfig,
 )
-from .pruning import batch_padding_side, placeholder_keep_mask, prune_batch
+from .pruning import batch_padding_side, check_placeholder_rows, placeholder_keep_mask, prune_batch
 from .scoring import (
     VisionSelectorScorer,
     differentiable_topk,
@@ -84,6 +86,8 @@ SCORER_WEIGHTS_NAME = "scorer.safetensors"
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 # The names `generate` has used for the cache: `past_key_values`, and `cache` from transformers 5.24 on.
 _CACHE_KWARGS = ("cache", "past_key_values")
+# The selection settings a generation config may carry, used by `generate` as its defaults.
+_GENERATION_SELECTION_FIELDS = ("retention_ratio", "selector")
 # The first transformers whose chunked prefill of Qwen-VL prompts with images equals the whole prefill.
 _CHUNKED_MULTIMODAL_PREFILL = version.Version("5.23.0")
 
@@ -274,6 +278,7 @@ class VisionSelectorMixin:
         from transformers import AutoConfig
 
         path = str(model_or_path)
+        _check_local_folder(path, "model_or_path")
         backbone_config = AutoConfig.from_pretrained(path, revision=revision)
         selector_class = visionselector_class_for(backbone_config.model_type, path)
         config_overrides.setdefault("base_model_name_or_path", path)
@@ -330,7 +335,39 @@ class VisionSelectorMixin:
         `base_model_revision`, then the scorer from the artifact. The location arguments (`revision`, `subfolder`,
         `token`, `cache_dir`, `local_files_only`, ...) find the artifact's files; all but `revision` and
         `subfolder` apply to the backbone too. The other arguments (`dtype`, `device_map`, ...) load the backbone.
+
+        A `retention_ratio` or `selector` in the checkpoint's `generation_config.json` is checked here, and used
+        by `generate` as its default.
         """
+        loaded = cls._load_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if pretrained_model_name_or_path is not None and kwargs.get("generation_config") is None:
+            # transformers drops every field it does not know from a `generation_config.json` marked
+            # `_from_model_config` (as `save_pretrained` marks an untouched one): take ours from the file itself.
+            hub_kwargs = {name: kwargs[name] for name in _HUB_KWARGS if name in kwargs}
+            path = cached_file(
+                pretrained_model_name_or_path, "generation_config.json", _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False, **hub_kwargs,
+            )
+            if path is not None:
+                with open(path, encoding="utf-8") as file:
+                    stored = json.load(file)
+                for name in _GENERATION_SELECTION_FIELDS:
+                    if stored.get(name) is not None and getattr(model.generation_config, name, None) is None:
+                        setattr(model.generation_config, name, stored[name])
+        check_generation_selection_settings(model.generation_config, f"the generation config of {pretrained_model_name_or_path}")
+        return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """[`~PreTrainedModel.save_pretrained`], refusing a `retention_ratio` or `selector` in the generation config
+        that `from_pretrained` would refuse."""
+        check_generation_selection_settings(self.generation_config, "model.generation_config")
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def _load_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        if pretrained_model_name_or_path is not None and not isinstance(config, PreTrainedConfig):
+            _check_local_folder(str(pretrained_model_name_or_path), "pretrained_model_name_or_path")
         hub_kwargs = {name: kwargs[name] for name in _HUB_KWARGS if name in kwargs}
         if kwargs.get("quantization_config") is not None:
             kwargs["quantization_config"] = scorer_unquantized(kwargs["quantization_config"])
@@ -368,17 +405,34 @@ class VisionSelectorMixin:
                 f"Cannot load {source} (its config's `base_model_name_or_path`): not a folder on this machine. Pass "
                 "`base_model_name_or_path=<folder or Hub id>` to `from_pretrained`, or fix it in the artifact's config."
             )
+        revision = config.base_model_revision or "main"
+        ignore_mismatched_sizes = backbone_kwargs.pop("ignore_mismatched_sizes", False)
         try:
+            location = {name: backbone_kwargs[name] for name in _HUB_KWARGS if name in backbone_kwargs}
+            base_type = cls.config_class.get_config_dict(base, **{**location, "revision": revision})[0].get("model_type")
+            if visionselector_class_for(base_type, source).config_class.model_type != config.model_type:
+                raise ValueError(
+                    f"{source} is a {base_type!r} model, but the artifact is a {config.model_type!r} scorer: load it on "
+                    "a backbone of its own family."
+                )
             model, loading_info = super().from_pretrained(
                 base,
                 *model_args,
                 config=config,
-                revision=config.base_model_revision or "main",
+                revision=revision,
                 output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported below as a ValueError naming both shapes
                 **backbone_kwargs,
             )
         except OSError as error:
             raise OSError(f"Cannot load {source} (its config's `base_model_name_or_path`): {error}") from error
+        mismatched = sorted(loading_info["mismatched_keys"], key=str)
+        if mismatched and not ignore_mismatched_sizes:
+            described = "; ".join(f"{name}: {tuple(given)} in the backbone, {tuple(expected)} in the artifact's config" for name, given, expected in mismatched[:5])
+            raise ValueError(
+                f"The scorer-only artifact {pretrained_model_name_or_path} was made for another size of backbone than "
+                f"{source}: {len(mismatched)} tensors differ ({described}). Load it on the backbone it was trained on."
+            )
         model.load_scorer(scorer_file)
         model.config.scorer_only = False  # the model is whole now; `save_pretrained` writes a full checkpoint
         model.config.name_or_path = str(pretrained_model_name_or_path)
@@ -390,9 +444,15 @@ class VisionSelectorMixin:
         if kwargs.get("ignore_mismatched_sizes"):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         output_loading_info = kwargs.pop("output_loading_info", False)
-        model, loading_info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
-        )
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as error:
+            raise ValueError(
+                f"Cannot read the weights of {pretrained_model_name_or_path}: {_unreadable_safetensors(pretrained_model_name_or_path)}"
+                f"{error} (a truncated or corrupted file?)."
+            ) from error
         mismatched = sorted(loading_info["mismatched_keys"], key=str)
         described = "; ".join(f"{name}: {tuple(given)} given, {tuple(expected)} expected" for name, given, expected in mismatched)
         if any(name.startswith("scorer.") for name, *_ in mismatched):
@@ -414,7 +474,10 @@ class VisionSelectorMixin:
         """
         if not isinstance(weights, dict):
             source = source or str(weights)
-            weights = load_file(weights)
+            try:
+                weights = load_file(weights)
+            except SafetensorError as error:
+                raise ValueError(f"Cannot read the scorer weights {weights}: {error} (a truncated or corrupted file?).") from error
         check_scorer_tensors(weights, self.config, source or "the scorer weights")
         with torch.no_grad():
             self.scorer.load_state_dict({name.removeprefix("scorer."): value for name, value in weights.items()})
@@ -430,14 +493,7 @@ class VisionSelectorMixin:
         ):
             if pixels is None:
                 continue
-            if grid is None:
-                raise ValueError(f"`{kind}_grid_thw` is required with the {kind} pixels.")
-            patches = int(grid.prod(-1).sum())
-            if grid.ndim != 2 or grid.shape[-1] != 3 or pixels.shape[0] != patches:
-                raise ValueError(
-                    f"`{kind}_grid_thw` {grid.tolist()} describes {patches} patches, but the {kind} pixels hold "
-                    f"{pixels.shape[0]} (shape {tuple(pixels.shape)}); pass the processor's pixels with their own grid."
-                )
+            self._check_visual_input(kind, pixels, grid)
             internal = f"{type(self.model).__name__}.get_{kind}_features"
             require_parameters(encode, internal, (f"{kind}_grid_thw",))
             encoded = encode(pixels, grid, return_dict=True)
@@ -466,6 +522,40 @@ class VisionSelectorMixin:
             else:
                 deepstack += [None] * len(items)
         return features, (deepstack if any(item is not None for item in deepstack) else None)
+
+    def _check_visual_input(self, kind: str, pixels, grid) -> None:
+        """A `ValueError` naming the argument unless `pixels` and `grid` are what the processor gives for `kind`s:
+        a `(n, 3)` integer grid of positive (t, h, w) with h and w multiples of the merge size, and `(patches, C *
+        T * P * P)` pixels with one row per patch of the grid."""
+        grid_name, pixels_name = f"{kind}_grid_thw", "pixel_values" if kind == "image" else "pixel_values_videos"
+        if grid is None:
+            raise ValueError(f"`{grid_name}` is required with the {kind} pixels (`{pixels_name}`).")
+        if not isinstance(grid, torch.Tensor) or grid.is_floating_point() or grid.is_complex() or grid.dtype == torch.bool:
+            described = f"a {grid.dtype} tensor" if isinstance(grid, torch.Tensor) else f"a {type(grid).__name__}"
+            raise ValueError(f"`{grid_name}` must be an integer tensor of shape (num_{kind}s, 3), got {described}.")
+        if grid.ndim != 2 or grid.shape[-1] != 3 or grid.shape[0] == 0:
+            raise ValueError(
+                f"`{grid_name}` must have shape (num_{kind}s, 3), one (t, h, w) row per {kind}, got shape {tuple(grid.shape)}."
+            )
+        merge = self.config.vision_config.spatial_merge_size
+        for row, (t, h, w) in enumerate(grid.tolist()):
+            if t < 1 or h < 1 or w < 1 or h % merge or w % merge:
+                raise ValueError(
+                    f"`{grid_name}` row {row} is {[t, h, w]}: t, h and w must be positive, h and w multiples of the "
+                    f"spatial merge size {merge}; pass the processor's grid."
+                )
+        vision = self.config.vision_config
+        width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point():
+            described = f"a {pixels.dtype} tensor" if isinstance(pixels, torch.Tensor) else f"a {type(pixels).__name__}"
+            raise ValueError(f"`{pixels_name}` must be a floating-point tensor of shape (patches, {width}), got {described}.")
+        patches = int(grid.prod(-1).sum())
+        if pixels.ndim != 2 or pixels.shape != (patches, width):
+            raise ValueError(
+                f"`{pixels_name}` must have shape (patches, C * T * P * P) = ({patches}, {width}) for `{grid_name}` "
+                f"{grid.tolist()} ({patches} patches), got shape {tuple(pixels.shape)}; pass the processor's pixels "
+                "with their own grid."
+            )
 
     def _merged_grids(self, image_grid_thw, video_grid_thw, num_images: int) -> list[tuple[int, int, int]]:
         merge = self.config.vision_config.spatial_merge_size
@@ -514,6 +604,20 @@ class VisionSelectorMixin:
             kept_indices=kept, scores=scores, features=features, num_images=num_images, deepstack_features=deepstack
         )
 
+    def _generation_selection_settings(self, retention_ratio, selector, generation_config) -> tuple[float, str]:
+        """The ratio and selector of a `generate` call: its arguments, else those of the `generation_config` passed,
+        else those of the model's generation config, else `config.retention_ratio` and `"learned"`."""
+        configs = [(generation_config, "generation_config"), (self.generation_config, "model.generation_config")]
+        for config, source in configs:
+            if config is not None:
+                check_generation_selection_settings(config, source)
+        if retention_ratio is None:
+            retention_ratio = next((c.retention_ratio for c, _ in configs if getattr(c, "retention_ratio", None) is not None), None)
+        if selector is None:
+            selector = next((c.selector for c, _ in configs if getattr(c, "selector", None) is not None), "learned")
+        get_selector(selector)
+        return self._resolve_ratio(retention_ratio), selector
+
     def _resolve_ratio(self, retention_ratio) -> float:
         return validate_retention_ratio(self.config.retention_ratio if retention_ratio is None else retention_ratio)
 
@@ -537,6 +641,46 @@ class VisionSelectorMixin:
             encoder_output = BaseModelOutputWithPooling if deepstack is None else BaseModelOutputWithDeepstackFeatures
             outputs[kind] = encoder_output(**fields)
         return outputs
+
+    def _check_token_types(self, input_ids, mm_token_type_ids) -> None:
+        """A `ValueError` unless `mm_token_type_ids` (if given) marks exactly the image (1) and video (2) placeholders
+        of `input_ids` (checked after the placeholders themselves, which are the likelier culprit)."""
+        if mm_token_type_ids is not None and (
+            not isinstance(mm_token_type_ids, torch.Tensor)
+            or mm_token_type_ids.shape != input_ids.shape
+            or not torch.equal(mm_token_type_ids.to(input_ids.device).long(), self._mm_token_type_ids(input_ids, None))
+        ):
+            raise ValueError(
+                "`mm_token_type_ids` must mark the placeholders of `input_ids` (1 at each image placeholder, 2 at each "
+                "video placeholder, 0 elsewhere, same shape); build both with the processor, or leave it out."
+            )
+
+    def _check_sequence_inputs(self, input_ids, attention_mask, labels) -> None:
+        """A `ValueError` naming the argument unless `attention_mask` and `labels` fit `input_ids` `(B, L)`: the same
+        shape, a mask of 0/1 with at least one 1 per row and 1 at every visual placeholder."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"`input_ids` must be an integer tensor of shape (batch, length), got {shape}.")
+        for name, value in (("attention_mask", attention_mask), ("labels", labels)):
+            if value is not None and (not isinstance(value, torch.Tensor) or value.shape != input_ids.shape):
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(
+                    f"`{name}` must have the shape of `input_ids` {tuple(input_ids.shape)} (one value per token), got {shape}."
+                )
+        if attention_mask is None:
+            return
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError(f"`attention_mask` must hold only 0 (padding) and 1 (token), got values {attention_mask.unique().tolist()}.")
+        empty = (attention_mask.sum(1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"`attention_mask` is all zero in rows {empty}: every row needs at least one token.")
+        visual = torch.isin(input_ids, torch.tensor([self.config.image_token_id, self.config.video_token_id], device=input_ids.device))
+        masked = (visual & (attention_mask == 0)).nonzero().tolist()
+        if masked:
+            raise ValueError(
+                f"`attention_mask` is 0 at {len(masked)} visual placeholder tokens (first at row {masked[0][0]}, position "
+                f"{masked[0][1]}): image/video placeholders must be attended (mask 1); only padding is masked."
+            )
 
     def prune_inputs(
         self,
@@ -566,15 +710,20 @@ class VisionSelectorMixin:
         Returns:
             [`PrunedInputs`]
         """
+        self._check_sequence_inputs(input_ids, attention_mask, labels)
         num_images = selection.num_images
         groups = {
             "image": (self.config.image_token_id, slice(0, num_images)),
             "video": (self.config.video_token_id, slice(num_images, None)),
         }
         keep = torch.ones_like(input_ids, dtype=torch.bool)
-        for token_id, items in groups.values():
+        for kind, (token_id, items) in groups.items():
             lengths = [item.shape[0] for item in selection.features[items]]
-            keep &= placeholder_keep_mask(input_ids, token_id, lengths, selection.kept_indices[items])
+            # an image's placeholders are one run; a Qwen3-VL video's are split by frame
+            keep &= placeholder_keep_mask(
+                input_ids, token_id, lengths, selection.kept_indices[items], kind, contiguous_items=kind == "image"
+            )
+        self._check_token_types(input_ids, mm_token_type_ids)
 
         if position_ids is None:
             position_ids = self._stock_positions(
@@ -721,6 +870,11 @@ class VisionSelectorMixin:
                 pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
             )
             lengths = [item.shape[0] for item in features]
+            num_images = image_grid_thw.shape[0] if pixel_values is not None else 0
+            self._check_sequence_inputs(input_ids, attention_mask, labels)
+            check_placeholder_rows(input_ids, self.config.image_token_id, lengths[:num_images], "image", True)
+            check_placeholder_rows(input_ids, self.config.video_token_id, lengths[num_images:], "video")
+            self._check_token_types(input_ids, mm_token_type_ids)
             scores = self.scorer(torch.cat(features), lengths)  # (N,)
             soft_mask = differentiable_topk(scores, lengths, [num_kept_tokens(n, ratio) for n in lengths])  # (N,)
             hard_mask = hard_topk_mask(scores.detach(), lengths, ratio)  # (N,)
@@ -729,7 +883,6 @@ class VisionSelectorMixin:
             features = [item * mask.to(item.dtype) for item, mask in zip(features, item_masks)]
             if deepstack is not None:
                 deepstack = [[layer * mask.to(layer.dtype) for layer in item] for item, mask in zip(deepstack, item_masks)]
-            num_images = image_grid_thw.shape[0] if pixel_values is not None else 0
             self._check_stock_forward()
             stock_inputs["mm_token_type_ids"] = self._mm_token_type_ids(input_ids, mm_token_type_ids)
             outputs = super().forward(
@@ -771,7 +924,9 @@ class VisionSelectorMixin:
     # ------------------------------------------------------------------ generate
 
     @torch.no_grad()
-    def generate(self, inputs: torch.Tensor | None = None, *args, retention_ratio: float | None = None, selector: str = "learned", **kwargs):
+    def generate(
+        self, inputs: torch.Tensor | None = None, *args, retention_ratio: float | None = None, selector: str | None = None, **kwargs
+    ):
         """[`~GenerationMixin.generate`] on the pruned prompt.
 
         The visual tokens are selected once, before generation; the stock generation loop (greedy, sampling,
@@ -782,9 +937,12 @@ class VisionSelectorMixin:
         prompt, and a `streamer` receives the caller's prompt first, then the new tokens, as from the stock model.
 
         Args:
-            retention_ratio (`float`, *optional*): share of visual tokens kept, in (0, 1]; defaults to
-                `config.retention_ratio`. 1.0 reproduces the stock model token for token.
-            selector (`str`, *optional*, defaults to `"learned"`): how to choose the kept tokens.
+            retention_ratio (`float`, *optional*): share of visual tokens kept, in (0, 1]; defaults to the
+                `retention_ratio` of the `generation_config` passed, then of the model's generation config (a
+                checkpoint's `generation_config.json`), then `config.retention_ratio`. 1.0 reproduces the stock model
+                token for token.
+            selector (`str`, *optional*): how to choose the kept tokens; defaults likewise to a generation config's
+                `selector`, then `"learned"`.
         """
         # Every argument by name, however the caller passed it (the stock signature decides the positions).
         bound = inspect.signature(super().generate).bind(inputs, *args, **kwargs)
@@ -792,8 +950,7 @@ class VisionSelectorMixin:
         arguments.update(bound.arguments.get("kwargs", {}))
         input_ids = arguments.pop("inputs", None)
         input_ids = arguments.pop("input_ids", None) if input_ids is None else input_ids
-        ratio = self._resolve_ratio(retention_ratio)
-        get_selector(selector)
+        ratio, selector = self._generation_selection_settings(retention_ratio, selector, arguments.get("generation_config"))
         pixel_values = arguments.pop("pixel_values", None)
         pixel_values_videos = arguments.pop("pixel_values_videos", None)
         if pixel_values is None and pixel_values_videos is None:
@@ -861,6 +1018,19 @@ class VisionSelectorMixin:
         return outputs
 
 
+def check_generation_selection_settings(generation_config, source: str = "generation_config") -> None:
+    """A `ValueError` unless the `retention_ratio` and `selector` a generation config may carry are valid."""
+    ratio = getattr(generation_config, "retention_ratio", None)
+    if ratio is not None:
+        validate_retention_ratio(ratio, f"{source}.retention_ratio")
+    name = getattr(generation_config, "selector", None)
+    if name is not None:
+        try:
+            get_selector(name)
+        except ValueError as error:
+            raise ValueError(f"`{source}.selector`: {error}") from None
+
+
 def _lengths_of_the_pruned_prompt(arguments: dict, generation_config, pruned: PrunedInputs) -> dict[str, int]:
     """`max_length` / `min_length` for the pruned prompt, so that each counts the caller's prompt as given."""
     removed = pruned.original_length - pruned.input_ids.shape[1]
@@ -868,6 +1038,13 @@ def _lengths_of_the_pruned_prompt(arguments: dict, generation_config, pruned: Pr
     for name in ("max_length", "min_length"):
         length = arguments.get(name, getattr(generation_config, name, None))
         if length is not None and (name != "max_length" or arguments.get("max_new_tokens", generation_config.max_new_tokens) is None):
+            if name == "max_length" and length <= pruned.original_length:
+                # the stock check, on the caller's lengths rather than the pruned prompt's
+                raise ValueError(
+                    f"Input length of input_ids is {pruned.original_length}, but `max_length` is set to {length}. This "
+                    "can lead to unexpected behavior. You should consider increasing `max_length` or, better yet, "
+                    "setting `max_new_tokens`."
+                )
             lengths[name] = max(0, length - removed)
     return lengths
 
@@ -903,6 +1080,29 @@ def check_scorer_tensors(tensors: dict[str, torch.Tensor], config, source: str) 
             f"{source} does not fit the backbone (text hidden size {config.text_config.hidden_size}, "
             f"scorer_hidden_size {config.scorer_hidden_size}): " + "; ".join(mismatched) + "."
         )
+
+
+def _unreadable_safetensors(folder) -> str:
+    """"<file>: " for the first safetensors file of a local `folder` that cannot be opened, else ""."""
+    if not os.path.isdir(str(folder)):
+        return ""
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(os.path.join(folder, name), "pt") as handle:
+                    for key in handle.keys():
+                        handle.get_slice(key)
+            except (SafetensorError, OSError):
+                return f"{os.path.join(folder, name)}: "
+    return ""
+
+
+def _check_local_folder(name: str, argument: str) -> None:
+    """A `ValueError` for a `name` that can only be a local path (see `_looks_like_a_path`) but is not a folder here,
+    where the Hub client would answer "Repo id must be in the form 'repo_name' or 'namespace/repo_name'"."""
+    if _looks_like_a_path(name) and not os.path.isdir(os.path.expanduser(name)):
+        what = "a file, not a folder" if os.path.isfile(os.path.expanduser(name)) else "not a folder on this machine"
+        raise ValueError(f"`{argument}` {name!r} is {what}; give a checkpoint folder or a Hub id (org/name).")
 
 
 def _looks_like_a_path(name: str) -> bool:

@@ -15,11 +15,22 @@ import torch
 from torch import nn
 
 
+def _as_written(retention_ratio) -> str:
+    """The shortest decimal that prints as `retention_ratio`: `repr` of a float, `str` of a numpy scalar
+    (`np.float32(0.29)` prints as 0.29, while its exact float value is 0.28999999165...)."""
+    if isinstance(retention_ratio, float) or not hasattr(retention_ratio, "dtype"):
+        return repr(float(retention_ratio))
+    return str(retention_ratio)
+
+
 def validate_retention_ratio(retention_ratio, name: str = "retention_ratio") -> float:
-    """Returns `retention_ratio` as a float, or raises a `ValueError` naming it and the accepted range (0, 1]."""
+    """Returns `retention_ratio` as a float, or raises a `ValueError` naming it and the accepted range (0, 1].
+
+    A numpy scalar becomes the float of the decimal it prints as, so `np.float32(0.29)` keeps what 0.29 keeps.
+    """
     if isinstance(retention_ratio, bool) or not isinstance(retention_ratio, numbers.Real):
         raise ValueError(f"`{name}` must be a number in (0, 1], got {retention_ratio!r} ({type(retention_ratio).__name__}).")
-    value = float(retention_ratio)
+    value = float(_as_written(retention_ratio))
     if math.isnan(value) or not 0.0 < value <= 1.0:
         raise ValueError(f"`{name}` must be in (0, 1], got {retention_ratio!r}.")
     return value
@@ -29,9 +40,10 @@ def num_kept_tokens(num_tokens: int, retention_ratio: float) -> int:
     """How many of an item's `num_tokens` merged tokens survive: `max(1, floor(retention_ratio * num_tokens))`.
 
     The product is exact for the ratio as written: a float ratio is read as the shortest decimal that prints as it
-    (`repr`), so 0.29 of 100 tokens keeps 29, where float arithmetic (0.29 * 100 = 28.999999999999996) would keep 28.
+    (`repr`; `str` for a numpy scalar), so 0.29 of 100 tokens keeps 29, where float arithmetic
+    (0.29 * 100 = 28.999999999999996) would keep 28.
     """
-    ratio = Fraction(repr(float(retention_ratio)))
+    ratio = Fraction(_as_written(retention_ratio))
     return max(1, ratio.numerator * num_tokens // ratio.denominator)
 
 

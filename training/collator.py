@@ -58,7 +58,11 @@ class VisionSelectorCollator:
         self.end_id = end_id
 
     def __call__(self, examples):
-        batch = self.collator(examples)
+        try:
+            batch = self.collator(examples)
+        except OSError as error:  # PIL's "image file is truncated" names neither the file nor the example
+            raise _unreadable_image_error(examples, error) or error
+
         labels = batch.get("labels")
         if labels is None:
             return batch
@@ -68,6 +72,24 @@ class VisionSelectorCollator:
             drop |= ~assistant_turn_mask(input_ids, self.header_ids, self.end_id)
         batch["labels"] = labels.masked_fill(drop, IGNORE_INDEX)
         return batch
+
+
+def _unreadable_image_error(examples, error: OSError) -> ValueError | None:
+    """A `ValueError` naming the first image of `examples` that cannot be decoded, or None if all of them can."""
+    for row, example in enumerate(examples):
+        images = example.get("images") if isinstance(example, dict) else None
+        for index, image in enumerate(images or []):
+            if not hasattr(image, "load"):
+                continue
+            try:
+                image.load()
+            except OSError as image_error:
+                where = getattr(image, "filename", "") or "an in-memory image"
+                return ValueError(
+                    f"Image {index} of example {row} of the batch ({where}) cannot be read: {image_error}. Fix or drop "
+                    "that example."
+                )
+    return None
 
 
 def chatml_turn_ids(tokenizer) -> tuple[list[int], int]:

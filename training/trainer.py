@@ -62,6 +62,9 @@ def load_visionselector(model_name_or_path: str, **kwargs):
     kwargs = {key: value for key, value in kwargs.items() if value is not None and key != "trust_remote_code"}
     if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] != "auto":
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+    if os.path.isabs(model_name_or_path) or model_name_or_path.startswith((".", "~")) or model_name_or_path.count("/") > 1:
+        if not os.path.isdir(os.path.expanduser(model_name_or_path)):
+            raise ValueError(f"`model` {model_name_or_path!r} is not a folder on this machine; give a checkpoint folder or a Hub id.")
     config_dict, _ = PreTrainedConfig.get_config_dict(model_name_or_path, revision=kwargs.get("revision"))
     model_type = config_dict.get("model_type")
     model_class = visionselector_class_for(model_type, repr(model_name_or_path))
@@ -113,6 +116,11 @@ class VisionSelectorSFTTrainer(SFTTrainer):
     def __init__(self, model, args: VisionSelectorSFTConfig | TrainingArguments | None = None, **kwargs):
         if kwargs.get("peft_config") is not None:
             raise ValueError("`peft_config` is not supported: VisionSelectorSFTTrainer trains the scorer only.")
+        if not isinstance(model, str) and not isinstance(getattr(model, "config", None), PreTrainedConfig):
+            raise ValueError(
+                f"`model` must be a VisionSelector or a stock Qwen-VL backbone ({sorted(VISIONSELECTOR_CLASSES)}) or a "
+                f"path to one, got {type(model).__name__}."
+            )
         if args is None:
             name = model if isinstance(model, str) else model.config.name_or_path or "visionselector"
             args = VisionSelectorSFTConfig(f"{os.path.basename(str(name).rstrip('/'))}-VisionSelector")
@@ -212,7 +220,7 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         """Settles `args.assistant_only_loss` (`None`: yes for `messages` data); returns the ChatML turn ids when the
         collator must find the assistant turns itself because TRL has no marked template for the processor's."""
         dataset = kwargs.get("train_dataset")
-        sample = next(iter(dataset)) if dataset is not None else {}
+        sample = _first_example(dataset) if dataset is not None else {}
         is_messages = "messages" in sample
         if args.assistant_only_loss is None:
             args.assistant_only_loss = is_messages
@@ -277,8 +285,35 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         self._metrics[mode][name].append(mean)
         return mean
 
+    def _check_batch(self, inputs) -> None:
+        """`labels` must fit `input_ids`; the first training batch is checked for what would train the scorer on
+        nothing: no supervised token (only the regulariser would train it) or no image/video (no gradient at all)."""
+        labels, input_ids = inputs.get("labels"), inputs.get("input_ids")
+        if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
+            raise ValueError(
+                f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)} (one label per token), got "
+                f"{tuple(labels.shape)}."
+            )
+        if not self.model.training or getattr(self, "_checked_first_batch", False):
+            return
+        self._checked_first_batch = True
+        if labels is not None and not bool((labels != IGNORE_INDEX).any()):
+            warnings.warn(
+                "The first training batch has no supervised token (every label is -100): the cross-entropy is 0 and "
+                "the scorer would train on the mask regulariser alone. Check that the rows have an assistant turn "
+                "(or a completion) and that `max_length` does not cut the answers off.",
+                stacklevel=2,
+            )
+        if inputs.get("pixel_values") is None and inputs.get("pixel_values_videos") is None:
+            warnings.warn(
+                "The first training batch holds no image or video: on text the scorer gets no gradient (grad_norm 0). "
+                "Train on data with `images` or `videos`.",
+                stacklevel=2,
+            )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
+        self._check_batch(inputs)
         inputs = {**inputs, "use_cache": False}
         labels = inputs.pop("labels", None)
         if labels is not None:
@@ -435,6 +470,14 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             self._load_scorer(best)
         else:
             super()._load_best_model()
+
+
+def _first_example(dataset) -> dict:
+    """The first example of `dataset`, or a `ValueError` if it has none (rather than a bare `StopIteration`)."""
+    example = next(iter(dataset), None)
+    if example is None:
+        raise ValueError("`train_dataset` is empty: there is nothing to train the scorer on.")
+    return example
 
 
 def _is_visionselector(model) -> bool:

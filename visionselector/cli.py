@@ -20,6 +20,8 @@ DEMO_RATIOS = (1.0, 0.5, 0.3, 0.2, 0.1)
 # The selectors that need no training, the learned scorer's rivals in the demo table.
 TRAINING_FREE = ("random", "uniform", "norm", "divprune", "dart")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# Qwen-VL processors refuse images whose longer side is more than this many times the shorter.
+MAX_ASPECT_RATIO = 200
 
 
 class CommandError(Exception):
@@ -112,6 +114,8 @@ def load_model_and_processor(model: str, revision: str | None = None, device: st
 
     local = Path(model).expanduser()
     looks_local = local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_local and local.exists() and not local.is_dir():
+        raise CommandError(f"--model {model!r} is a file; it must be a checkpoint folder or a Hub id.", EXIT_USAGE)
     if looks_local and not local.is_dir():
         raise CommandError(f"model folder {model!r} does not exist.", EXIT_USAGE)
     source = str(local) if looks_local else model
@@ -123,7 +127,8 @@ def load_model_and_processor(model: str, revision: str | None = None, device: st
             raise CommandError(
                 f"{model!r} is a {model_type!r} checkpoint, not a VisionSelector "
                 f"({', '.join(sorted(c.config_class.model_type for c in VISIONSELECTOR_CLASSES.values()))}); train a "
-                "scorer for it first (see visionselector_training)."
+                "scorer for it first (see visionselector_training).",
+                EXIT_USAGE,
             )
         config = model_class.config_class.from_pretrained(source, revision=revision)
         network = model_class.from_pretrained(source, config=config, revision=revision)
@@ -138,8 +143,24 @@ def load_model_and_processor(model: str, revision: str | None = None, device: st
             " If you are offline (HF_HUB_OFFLINE=1 or no network), download it first or pass a local folder."
         )
         raise CommandError(f"could not load a VisionSelector model from {where} {model!r}: {reason}.{offline}") from error
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(device)
     return network.to(device).eval(), processor
+
+
+def _device(name: str | None):
+    """The torch device `--device` names (default: cuda if available, else cpu); `CommandError` if it is unusable."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise CommandError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps): {error}", EXIT_USAGE) from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}.get(device.type)
+    if available is False or (device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count()):
+        raise CommandError(f"--device {name!r} is not available on this machine.", EXIT_USAGE)
+    return device
 
 
 def _open_images(paths: list[str]):
@@ -147,6 +168,8 @@ def _open_images(paths: list[str]):
 
     images = []
     for path in paths:
+        if os.path.isdir(path):
+            raise CommandError(f"--image {path!r} is a folder, not an image file.", EXIT_USAGE)
         if not os.path.isfile(path):
             raise CommandError(f"image file {path!r} does not exist.", EXIT_USAGE)
         try:
@@ -154,7 +177,25 @@ def _open_images(paths: list[str]):
                 images.append(image.convert("RGB"))
         except (UnidentifiedImageError, OSError) as error:
             raise CommandError(f"cannot read image {path!r}: {error}", EXIT_USAGE) from error
+        width, height = images[-1].size
+        if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+            raise CommandError(
+                f"image {path!r} is {width} x {height} px, an aspect ratio of {max(width, height) / min(width, height):.0f}; "
+                f"Qwen-VL processors accept at most {MAX_ASPECT_RATIO}. Crop or pad it.",
+                EXIT_USAGE,
+            )
     return images
+
+
+def _check_png_path(path: Path | None, option: str) -> None:
+    """A `CommandError` unless a PNG can be written at `path` (checked before any work is done)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise CommandError(f"{option} {str(path)!r} is a folder; give a file name such as {str(path / 'kept.png')!r}.", EXIT_USAGE)
+    if not path.parent.is_dir():
+        raise CommandError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist.", EXIT_USAGE)
 
 
 # ---------------------------------------------------------------------- generate
@@ -169,17 +210,32 @@ def run_generate(args) -> int:
         raise CommandError(f"unknown selector {args.selector!r}; accepted: {', '.join(_selector_names())}.", EXIT_USAGE)
     if args.max_new_tokens < 1:
         raise CommandError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.", EXIT_USAGE)
+    _check_png_path(args.show_kept, "--show-kept")
+    if args.device is not None:
+        _device(args.device)
     images = _open_images(args.images)
     model, processor = load_model_and_processor(args.model, args.revision, args.device)
     ratio = model.config.retention_ratio if args.retention_ratio is None else args.retention_ratio
+    special = [token for token in (getattr(processor, "image_token", None), getattr(processor, "video_token", None)) if token]
+    special += [token for token in ("<|vision_start|>", "<|vision_end|>") if token in processor.tokenizer.get_vocab()]
+    held = [token for token in special if token in args.prompt]
+    if held:
+        raise CommandError(
+            f"--prompt holds the vision token(s) {held}, which only the processor may write (one per visual token); "
+            "the images go in --image.",
+            EXIT_USAGE,
+        )
 
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.prompt}]
     text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    inputs = processor(text=[text], images=images, return_tensors="pt").to(model.device)
-    torch.manual_seed(args.seed)
-    output = model.generate(
-        **inputs, retention_ratio=ratio, selector=args.selector, max_new_tokens=args.max_new_tokens, do_sample=False
-    )
+    try:
+        inputs = processor(text=[text], images=images, return_tensors="pt").to(model.device)
+        torch.manual_seed(args.seed)
+        output = model.generate(
+            **inputs, retention_ratio=ratio, selector=args.selector, max_new_tokens=args.max_new_tokens, do_sample=False
+        )
+    except ValueError as error:
+        raise CommandError(f"cannot generate: {' '.join(str(error).split())}", EXIT_USAGE) from error
     answer = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
     print(answer.strip())
 
@@ -316,8 +372,7 @@ def run_demo(args) -> int:
 
     if args.samples < 1 or args.batch_size < 1:
         raise CommandError("--samples and --batch-size must be >= 1.", EXIT_USAGE)
-    if not Path(args.out).parent.is_dir():
-        raise CommandError(f"cannot write {str(args.out)!r}: folder {str(Path(args.out).parent)!r} does not exist.", EXIT_USAGE)
+    _check_png_path(args.out, "--out")
     started = time.perf_counter()
     model, processor = load_model_and_processor(args.model, device="cpu")
     samples = make_samples(args.samples, seed=HELD_OUT_SEED)

@@ -29,9 +29,11 @@ its files).
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 
+from safetensors import SafetensorError
 from transformers import HfArgumentParser
 
 from visionselector.publishing import convert_checkpoint_to_scorer, push_code_to_hub, push_scorer_to_hub, save_code
@@ -127,55 +129,82 @@ def main(argv: list[str] | None = None, api=None) -> int:
     Returns 0 on success, 2 on a usage error or a failure, which is printed as one `error:` line.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in COMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__ + f"\nCommands: {', '.join(COMMANDS)}; `<command> --help` lists the options.", file=sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"visionselector-hub: error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
     command = argv[0]
-    if command in ("save-code", "push-code"):
-        (args,) = HfArgumentParser(COMMANDS[command], prog=f"visionselector-hub {command}").parse_args_into_dataclasses(
-            args=argv[1:]
-        )
-        if command == "save-code":
-            print(f"Wrote the code repository to {save_code(args.output_dir)}")
-        else:
-            commit = push_code_to_hub(
-                args.repo_id,
-                private=args.private,
-                revision=args.revision,
-                commit_message=args.commit_message,
-                create_pr=args.create_pr,
-                token=args.token,
-                api=api,
-            )
-            print(f"Uploaded the code to {getattr(commit, 'commit_url', None) or args.repo_id}")
-        return 0
-    if command == "merge":
-        from visionselector.merge import merge_scorer_artifact
-
-        (args,) = HfArgumentParser(MergeArguments, prog="visionselector-hub merge").parse_args_into_dataclasses(args=argv[1:])
-        folder = merge_scorer_artifact(
-            args.scorer,
-            args.output_dir,
-            base_model_name_or_path=args.base_model,
-            base_model_revision=args.base_model_revision,
-            revision=args.revision,
-            **({"token": args.token} if args.token else {}),
-        )
-        print(f"Wrote the full checkpoint to {folder}")
-        return 0
-    parser = HfArgumentParser((ScorerArguments, COMMANDS[command]), prog=f"visionselector-hub {command}")
-    scorer_args, command_args = parser.parse_args_into_dataclasses(args=argv[1:])
+    prog = f"visionselector-hub {command}"
     try:
-        _run(command, scorer_args, command_args, api)
-    except (ValueError, OSError) as error:
-        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        if command == "merge":
+            _merge(argv[1:], prog)
+        elif command in ("save-code", "push-code"):
+            _code(command, argv[1:], prog, api)
+        else:
+            parser = HfArgumentParser((ScorerArguments, COMMANDS[command]), prog=prog)
+            scorer_args, command_args = parser.parse_args_into_dataclasses(args=argv[1:])
+            _run(command, scorer_args, command_args, api)
+    except SystemExit as exit_:  # --help (0) or a usage error (2), already printed by argparse
+        return int(exit_.code or 0)
+    except (ValueError, OSError, SafetensorError) as error:
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     return 0
+
+
+def _merge(argv: list[str], prog: str) -> None:
+    from visionselector.merge import merge_scorer_artifact
+
+    (args,) = HfArgumentParser(MergeArguments, prog=prog).parse_args_into_dataclasses(args=argv)
+    _check_local(args.scorer, "--scorer")
+    _check_local(args.base_model, "--base_model")
+    folder = merge_scorer_artifact(
+        args.scorer,
+        args.output_dir,
+        base_model_name_or_path=args.base_model,
+        base_model_revision=args.base_model_revision,
+        revision=args.revision,
+        **({"token": args.token} if args.token else {}),
+    )
+    print(f"Wrote the full checkpoint to {folder}")
+
+
+def _code(command: str, argv: list[str], prog: str, api) -> None:
+    """`save-code` / `push-code`: the shared code repository that `--code_repo` artifacts point at."""
+    (args,) = HfArgumentParser(COMMANDS[command], prog=prog).parse_args_into_dataclasses(args=argv)
+    if command == "save-code":
+        print(f"Wrote the code repository to {save_code(args.output_dir)}")
+        return
+    commit = push_code_to_hub(
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        create_pr=args.create_pr,
+        token=args.token,
+        api=api,
+    )
+    print(f"Uploaded the code to {getattr(commit, 'commit_url', None) or args.repo_id}")
+
+
+def _check_local(value: str | None, option: str) -> None:
+    """A `ValueError` for a path that can only be local (absolute, `./`, `~`, or deeper than `org/name`) but is not a
+    folder here; a Hub id is left to the Hub."""
+    if value is None:
+        return
+    path = os.path.expanduser(value)
+    if os.path.isfile(path):
+        raise ValueError(f"{option} {value!r} is a file; it must be a folder or a Hub id.")
+    if (os.path.isabs(path) or value.startswith((".", "~")) or value.count("/") > 1) and not os.path.isdir(path):
+        raise ValueError(f"{option} {value!r}: no such folder (a local path; a Hub id has the form org/name).")
 
 
 def _run(command: str, scorer_args: ScorerArguments, command_args, api) -> None:
     from transformers import PreTrainedConfig
 
+    _check_local(scorer_args.checkpoint, "--checkpoint")
     try:
         stored, _ = PreTrainedConfig.get_config_dict(scorer_args.checkpoint)
     except OSError as error:

@@ -20,13 +20,14 @@ import os
 import shutil
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 from transformers import PreTrainedConfig
 
+from visionselector.output_folders import written_folder
 from modeling_visionselector.modeling_visionselector import (
     SCORER_WEIGHTS_NAME,
     check_scorer_tensors,
@@ -64,8 +65,11 @@ def _backbone_weight_map(base, **kwargs) -> dict[str, str]:
     single = _optional_file(base, SAFE_WEIGHTS_NAME, **kwargs)
     if single is None:
         raise ValueError(f"The backbone {base} has no safetensors weights ({SAFE_WEIGHTS_NAME} or an index).")
-    with safe_open(single, "pt") as handle:
-        return {name: SAFE_WEIGHTS_NAME for name in handle.keys()}
+    try:
+        with safe_open(single, "pt") as handle:
+            return {name: SAFE_WEIGHTS_NAME for name in handle.keys()}
+    except SafetensorError as error:
+        raise ValueError(f"Cannot read {single}: {error} (a truncated or corrupted safetensors file?).") from error
 
 
 def merge_scorer_artifact(
@@ -103,15 +107,24 @@ def merge_scorer_artifact(
     base = base_model_name_or_path or config.base_model_name_or_path
     base_kwargs = dict(location_kwargs, revision=base_model_revision or config.base_model_revision)
 
-    scorer = load_file(cached_file(artifact, SCORER_WEIGHTS_NAME, **artifact_kwargs))
+    scorer_file = cached_file(artifact, SCORER_WEIGHTS_NAME, **artifact_kwargs)
+    try:
+        scorer = load_file(scorer_file)
+    except SafetensorError as error:
+        raise ValueError(f"Cannot read {scorer_file}: {error} (a truncated or corrupted safetensors file?).") from error
     check_scorer_tensors(scorer, config, source=f"The scorer of {artifact}")
     weight_map = _backbone_weight_map(base, **base_kwargs)
     clashing = sorted(name for name in weight_map if name.startswith("scorer.") or ".importance_scorer." in name)
     if clashing:
         raise ValueError(f"The backbone {base} already holds scorer tensors {clashing}; merge into a stock backbone.")
 
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    # Never into the artifact or the backbone; written next to `output_dir`, moved there once complete.
+    with written_folder(output_dir, {"scorer": artifact, "base_model": base}) as folder:
+        _write_merged(folder, model_class, config, scorer, weight_map, artifact, artifact_kwargs, base, base_kwargs)
+    return Path(output_dir)
+
+
+def _write_merged(folder, model_class, config, scorer, weight_map, artifact, artifact_kwargs, base, base_kwargs) -> None:
     total_size = 0
     for shard in sorted(set(weight_map.values())):
         source = cached_file(base, shard, **base_kwargs)
@@ -141,4 +154,3 @@ def merge_scorer_artifact(
     )
     if generation is not None:
         shutil.copyfile(generation, folder / "generation_config.json")
-    return folder

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import HfApi, ModelCard, ModelCardData
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 from transformers.dynamic_module_utils import custom_object_save, get_relative_import_files
@@ -220,16 +220,24 @@ def save_scorer(
     config = scorer_only_config(model.config, base_model_name_or_path, base_model_revision, code_repo)
     config.dtype = str(model.dtype).removeprefix("torch.")  # the dtype `dtype="auto"` loads the backbone in
     return _write_scorer_artifact(
-        save_directory, config, scorer_state_dict(model), type(model), processor, results, license, tags, repo_id
+        save_directory, config, scorer_state_dict(model), type(model), processor, results, license, tags, repo_id,
+        inputs={"the folder the model was loaded from": model.config.name_or_path}, nested=False,
     )
 
 
 def _write_scorer_artifact(
-    save_directory, config, tensors, model_class, processor, results, license, tags, repo_id
+    save_directory, config, tensors, model_class, processor, results, license, tags, repo_id, inputs=None, nested=True
 ) -> Path:
-    folder = Path(save_directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Writes the artifact to a temporary folder next to `save_directory`, then moves it there (never into `inputs`)."""
+    from visionselector.output_folders import written_folder
+
     check_scorer_tensors(tensors, config, source="the scorer")
+    with written_folder(save_directory, inputs, "save_directory", nested) as folder:
+        _write_scorer_files(folder, Path(save_directory), config, tensors, model_class, processor, results, license, tags, repo_id)
+    return Path(save_directory)
+
+
+def _write_scorer_files(folder, target, config, tensors, model_class, processor, results, license, tags, repo_id) -> None:
     if _code_repo_of(config.auto_map) is None:
         custom_object_save(model_class, folder)  # the modeling file and its relative imports, flat
     config.save_pretrained(folder)
@@ -238,7 +246,7 @@ def _write_scorer_artifact(
         processor.save_pretrained(folder)
     card = scorer_model_card(
         config,
-        repo_id=repo_id or folder.resolve().name,
+        repo_id=repo_id or target.resolve().name,
         scorer_bytes=(folder / SCORER_WEIGHTS_NAME).stat().st_size,
         has_processor=processor is not None,
         results=results,
@@ -246,7 +254,6 @@ def _write_scorer_artifact(
         tags=tags,
     )
     card.save(folder / "README.md")
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------------- model card
@@ -391,9 +398,6 @@ def push_scorer_to_hub(
         The `CommitInfo` of the upload.
     """
     api = api if api is not None else HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision is not None and not create_pr:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory(prefix="visionselector-scorer-") as folder:
         if isinstance(model, (str, os.PathLike)):
             convert_checkpoint_to_scorer(model, folder, repo_id=repo_id, **save_kwargs)
@@ -412,6 +416,10 @@ def push_scorer_to_hub(
                 f"The scorer pushed to {repo_id} points at the local folder {code_repo!r} for its code, which nobody "
                 "else can load: pass `code_repo=<Hub id>` (a repository `push_code_to_hub` wrote), or no `code_repo`."
             )
+        # the repo and branch only once the artifact is written: a failure above leaves nothing on the Hub
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision is not None and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         return api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
@@ -437,8 +445,11 @@ def read_checkpoint_scorer(checkpoint: str | os.PathLike, **hub_kwargs) -> dict[
         weight_map = json.loads(Path(index_file).read_text())["weight_map"]
     else:
         single = cached_file(checkpoint, SAFE_WEIGHTS_NAME, **hub_kwargs)
-        with safe_open(single, "pt") as handle:
-            weight_map = {name: SAFE_WEIGHTS_NAME for name in handle.keys()}
+        try:
+            with safe_open(single, "pt") as handle:
+                weight_map = {name: SAFE_WEIGHTS_NAME for name in handle.keys()}
+        except SafetensorError as error:
+            raise ValueError(f"Cannot read {single}: {error} (a truncated or corrupted safetensors file?).") from error
     renamings = get_checkpoint_conversion_mapping(VisionSelectorForConditionalGeneration.__name__)
     wanted = {}  # file -> {name on disk: name in memory}
     for name, filename in weight_map.items():
@@ -449,11 +460,15 @@ def read_checkpoint_scorer(checkpoint: str | os.PathLike, **hub_kwargs) -> dict[
             wanted.setdefault(filename, {})[name] = in_memory
     tensors = {}
     for filename, names in wanted.items():
-        with safe_open(cached_file(checkpoint, filename, **hub_kwargs), "pt") as handle:
-            for name, in_memory in names.items():
-                if in_memory in tensors:
-                    raise ValueError(f"{checkpoint} holds the scorer tensor {in_memory} twice (one is {name}).")
-                tensors[in_memory] = handle.get_tensor(name)
+        path = cached_file(checkpoint, filename, **hub_kwargs)
+        try:
+            with safe_open(path, "pt") as handle:
+                for name, in_memory in names.items():
+                    if in_memory in tensors:
+                        raise ValueError(f"{checkpoint} holds the scorer tensor {in_memory} twice (one is {name}).")
+                    tensors[in_memory] = handle.get_tensor(name)
+        except SafetensorError as error:
+            raise ValueError(f"Cannot read {path}: {error} (a truncated or corrupted safetensors file?).") from error
     return tensors
 
 
@@ -509,6 +524,7 @@ def convert_checkpoint_to_scorer(
         license,
         tags,
         repo_id,
+        inputs={"checkpoint": checkpoint, "base_model_name_or_path": config.base_model_name_or_path},
     )
 
 

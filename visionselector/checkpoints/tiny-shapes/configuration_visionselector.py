@@ -75,6 +75,12 @@ class VisionSelectorFields:
     base_model_revision: str | None = None
     scorer_only: bool = False
 
+    def __setattr__(self, name, value):
+        # Checked on every assignment too: `from_pretrained(..., retention_ratio=r)` sets the loaded config's field.
+        if name in ("retention_ratio", "train_retention_ratio"):
+            value = validate_retention_ratio(value, name)
+        super().__setattr__(name, value)
+
     def __post_init__(self, **kwargs):
         kwargs.pop("model_type", None)  # a backbone's `to_dict()` names the stock type; this class has its own
         super().__post_init__(**kwargs)
