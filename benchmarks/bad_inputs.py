@@ -77,7 +77,8 @@ class World:
     """The tiny models, processor, inputs and folders every case uses."""
 
     def __init__(self, root: Path):
-        from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer
+        from modeling_visionselector import VisionSelectorForConditionalGeneration
+        from visionselector.publishing import save_scorer
         from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl
 
         self.root = root

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer
+from modeling_visionselector import VisionSelectorForConditionalGeneration
+from visionselector.publishing import save_scorer
 from visionselector.cli import main as cli_main
 from visionselector.hub import main as hub_main
 from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl

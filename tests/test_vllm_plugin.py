@@ -45,7 +45,8 @@ from vllm.multimodal.video_prune.evs import compute_mrope_for_media, recompute_m
 from vllm.plugins import load_general_plugins  # noqa: E402
 from vllm.v1.worker.gpu.mm.rope import RopeState  # noqa: E402
 
-from modeling_visionselector import VisionSelectorForConditionalGeneration, save_scorer  # noqa: E402
+from modeling_visionselector import VisionSelectorForConditionalGeneration  # noqa: E402
+from visionselector.publishing import save_scorer  # noqa: E402
 from modeling_visionselector.scoring import VisionSelectorScorer, num_kept_tokens  # noqa: E402
 from visionselector.merge import merge_scorer_artifact  # noqa: E402
 from visionselector.tiny import tiny_model, tiny_processor, tiny_qwen2_5_vl  # noqa: E402
