@@ -11,7 +11,7 @@ from conftest import build_inputs
 from modeling_visionselector import VisionSelectorForConditionalGeneration
 from visionselector.hub import main as hub_main
 from visionselector.publishing import save_scorer
-from visionselector.merge import SCORER_SHARD_NAME, merge_scorer_artifact
+from visionselector.merge import BACKBONE_SHARD_NAME, SCORER_SHARD_NAME, merge_scorer_artifact
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,22 @@ def test_merged_checkpoint_loads_as_the_assembled_model(artifact, sharded_base, 
         torch.testing.assert_close(
             full(**inputs, retention_ratio=0.3).logits, assembled(**inputs, retention_ratio=0.3).logits, rtol=0, atol=0
         )
+
+
+def test_merged_unsharded_backbone_loads_the_scorer(stock_model, tmp_path):
+    """A backbone saved as one `model.safetensors`: the merged folder must not hold a `model.safetensors`, which
+    transformers would load alone (the scorer left at random)."""
+    stock_model.save_pretrained(tmp_path / "base")
+    assert (tmp_path / "base" / "model.safetensors").exists()
+    torch.manual_seed(4)
+    model = VisionSelectorForConditionalGeneration.from_backbone(stock_model).eval()
+    save_scorer(model, tmp_path / "artifact", base_model_name_or_path=str(tmp_path / "base"))
+    merged = merge_scorer_artifact(tmp_path / "artifact", tmp_path / "full")
+    assert not (merged / "model.safetensors").exists()
+    assert (merged / BACKBONE_SHARD_NAME).read_bytes() == (tmp_path / "base" / "model.safetensors").read_bytes()
+    full = AutoModel.from_pretrained(merged, trust_remote_code=True)
+    expected = model.state_dict()
+    assert all(torch.equal(expected[name], tensor) for name, tensor in full.state_dict().items())
 
 
 def test_merge_command_and_bad_inputs(artifact, sharded_base, stock_model, tmp_path):

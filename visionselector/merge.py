@@ -3,7 +3,8 @@
 Serving engines (vLLM) load one folder, while a scorer-only artifact (see `visionselector.publishing`)
 holds only `scorer.safetensors` and points at its backbone. `merge_scorer_artifact` writes a folder that holds:
 
-- the backbone's safetensors shards, copied byte for byte (any size: nothing is loaded into memory),
+- the backbone's safetensors shards, copied byte for byte (any size: nothing is loaded into memory; an unsharded
+  `model.safetensors` becomes `model-backbone.safetensors`, since a folder's `model.safetensors` would load alone),
 - `model-scorer.safetensors` with the scorer tensors, and a `model.safetensors.index.json` listing both,
 - the artifact's `config.json` with `scorer_only: false` (the backbone it came from stays recorded),
 - the model code, for `trust_remote_code`,
@@ -35,6 +36,9 @@ from modeling_visionselector.modeling_visionselector import (
 )
 
 SCORER_SHARD_NAME = "model-scorer.safetensors"
+# An unsharded backbone's `model.safetensors` is copied under this name: transformers loads a folder's
+# `model.safetensors` alone when it has one, index or not, which would leave the scorer out.
+BACKBONE_SHARD_NAME = "model-backbone.safetensors"
 PROCESSOR_FILES = (
     "processor_config.json",
     "preprocessor_config.json",
@@ -126,10 +130,12 @@ def merge_scorer_artifact(
 
 def _write_merged(folder, model_class, config, scorer, weight_map, artifact, artifact_kwargs, base, base_kwargs) -> None:
     total_size = 0
+    renamed = {SAFE_WEIGHTS_NAME: BACKBONE_SHARD_NAME}
     for shard in sorted(set(weight_map.values())):
         source = cached_file(base, shard, **base_kwargs)
-        shutil.copyfile(source, folder / shard)
-        total_size += (folder / shard).stat().st_size
+        shutil.copyfile(source, folder / renamed.get(shard, shard))
+        total_size += (folder / renamed.get(shard, shard)).stat().st_size
+    weight_map = {name: renamed.get(shard, shard) for name, shard in weight_map.items()}
     save_file(scorer, folder / SCORER_SHARD_NAME, metadata={"format": "pt"})
     total_size += sum(tensor.numel() * tensor.element_size() for tensor in scorer.values())
     weight_map.update(dict.fromkeys(scorer, SCORER_SHARD_NAME))
