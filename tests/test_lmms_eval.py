@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from visionselector.cli import EMBEDDED_CHECKPOINT  # noqa: E402
+from visionselector.tiny import FAMILIES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_FOLDER = ROOT / "tests" / "lmms_eval_task"
@@ -299,7 +300,7 @@ def family_folders(family: str, root: Path) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["full", "scorer-only"])
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_plugin_loads_visionselector_checkpoints_of_every_family(family, kind, tmp_path_factory):
     from visionselector.lmms_eval_model import VisionSelector
 
@@ -313,7 +314,7 @@ def test_plugin_loads_visionselector_checkpoints_of_every_family(family, kind, t
     assert answers == reference_answers(trained, processor, images, 0.5, "learned")
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_plugin_runs_a_training_free_selector_on_a_stock_checkpoint(family, tmp_path_factory):
     from modeling_visionselector import VisionSelectorForConditionalGeneration
 
