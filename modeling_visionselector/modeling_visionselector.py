@@ -223,7 +223,7 @@ class VisionSelectorMixin:
         """A VisionSelector around a stock Qwen-VL model, with the backbone's weights and a fresh scorer.
 
         Whatever class it is called on, it returns the VisionSelector class of the backbone's family (Qwen2-VL,
-        Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE).
+        Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5 or Qwen3.5-MoE).
 
         Args:
             model_or_path (stock `*ForConditionalGeneration` or `str`): a loaded backbone, whose tensors the new
