@@ -14,6 +14,7 @@ import copy
 
 import pytest
 import torch
+from packaging import version
 from transformers import AutoModel, AutoModelForImageTextToText
 
 from conftest import build_inputs
@@ -226,6 +227,26 @@ def test_ratio_one_is_token_for_token_the_stock_generate(family, scenario):
     inputs = build_inputs(processor, scenarios(family)[scenario], padding_side="left", seed=5)
     kwargs = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     assert torch.equal(model.generate(**inputs, retention_ratio=1.0, **kwargs), stock.generate(**inputs, **kwargs))
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [dict(num_beams=2), dict(do_sample=True, num_return_sequences=2), dict(use_cache=False), dict(prefill_chunk_size=8)],
+    ids=["beam_search", "sampling_with_copies", "no_cache", "chunked_prefill"],
+)
+def test_ratio_one_is_the_stock_generate_in_every_mode(family, mode):
+    """Beam search and copies reorder and repeat the cache (Qwen3.5: recurrent states too), chunked prefill fills it in
+    pieces: at ratio 1.0 each is the stock `generate` token for token."""
+    from modeling_visionselector.configuration_visionselector import TRANSFORMERS_VERSION
+
+    if "prefill_chunk_size" in mode and TRANSFORMERS_VERSION < version.Version("5.23.0"):
+        pytest.skip("chunked prefill with images is refused before transformers 5.23")
+    processor, stock, model = family_setup(family)
+    inputs = build_inputs(processor, scenarios(family)["video"], padding_side="left", seed=5)
+    torch.manual_seed(0)
+    ours = model.generate(**inputs, retention_ratio=1.0, max_new_tokens=MAX_NEW_TOKENS, **mode)
+    torch.manual_seed(0)
+    assert torch.equal(ours, stock.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, **mode))
 
 
 def test_a_video_frame_may_keep_none_of_its_tokens(family):
