@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/prefill.py                      # Qwen2.5-VL-7B structure, CPU, float32: a few minutes on 2 cores
     python benchmarks/prefill.py --family qwen3_vl    # --family qwen2_vl | qwen2_5_vl (default) | qwen3_vl | qwen3_vl_moe
+                                                      #          | qwen3_5 | qwen3_5_moe
     python benchmarks/prefill.py --device cuda --attn flash_attention_2 --dtype bfloat16
     python benchmarks/prefill.py --sizes 1024,8x16x16 --ratios 1.0,0.2 --repeats 5 --out /tmp/prefill.json
 
@@ -27,6 +28,15 @@ width:
 | `qwen2_5_vl` | Qwen2.5-VL-7B | 32 blocks, patch 14, 112 px windows, full attention at blocks 7/15/23/31, SwiGLU MLP | 28 layers, 7:1 GQA |
 | `qwen3_vl` | Qwen3-VL-8B | 27 blocks, patch 16, full attention, GELU MLP (2 matrices), 3 deepstack mergers | 36 layers, 4:1 GQA |
 | `qwen3_vl_moe` | Qwen3-VL-30B-A3B | as Qwen3-VL-8B | 48 layers, 8:1 GQA, 8 of 128 experts per token |
+| `qwen3_5` | Qwen3.5-27B | as Qwen3-VL-8B, no deepstack | 64 layers: 48 Gated DeltaNet, 16 gated full attention (6:1 GQA) |
+| `qwen3_5_moe` | Qwen3.5-35B-A3B | as Qwen3-VL-8B, no deepstack | 40 layers: 30 Gated DeltaNet, 10 gated full attention (8:1 GQA); 8 of 256 experts + a shared one |
+
+Qwen3.5's Gated DeltaNet (linear-attention) layers cost per token, not per pair of tokens (`llm_macs`): the input
+projections (q, k, v, the output gate z, the decay and write gates a, b), a short causal convolution over q, k, v, the
+delta-rule recurrence (per value head: decay, read, write and query of a key x value state, 4 d_k d_v) and the output
+projection. Only every 4th layer has attention over the sequence (with a gated query: the query projection is twice
+as wide). So the LLM's cost grows more slowly with the sequence than a transformer's, and pruning saves mostly the
+per-token work of every layer.
 
 All merge 2 x 2 patches into one visual token and use mRoPE. What decides the speedup of pruning is the vision
 encoder's share of prefill compute, because only the LLM part shrinks with r. Counted in multiply-accumulates (MACs,
@@ -77,6 +87,10 @@ from transformers import (  # noqa: E402
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
     Qwen3VLMoeConfig,
@@ -118,6 +132,14 @@ class Architecture:
     patch_size: int = 14
     llm_experts: int = 0  # an MoE: routed experts per layer (0: one dense MLP)
     llm_active_experts: int = 1  # experts each token runs through
+    llm_shared_expert_mlp: int = 0  # an MoE with a shared expert (Qwen3.5): its MLP width (0: none)
+    # Qwen3.5: every `llm_full_attention_interval`-th layer is full attention (with a gated query, twice as wide),
+    # the others Gated DeltaNet linear attention with these heads (1: a transformer, every layer full attention)
+    llm_full_attention_interval: int = 1
+    linear_key_heads: int = 0
+    linear_value_heads: int = 0
+    linear_head_dim: int = 0  # key and value head dim of the linear-attention layers
+    linear_conv_kernel: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +156,7 @@ class Family:
     mrope_split: tuple[int, int, int]  # the full model's mRoPE sections (t, h, w), of its head dim / 2
     video_per_frame: bool = False  # a video is one <vision_start> ... <vision_end> block per frame, timestamps between
     vision_mlp_per_width: bool = False  # the config states the vision MLP as an integer multiple of the width
+    partial_rotary: float = 1.0  # the share of each head's dims that rotate (of the benchmark model; Qwen3.5: 0.5)
 
 
 def _qwen2_vl_vision(a: Architecture) -> dict:
@@ -148,6 +171,11 @@ def _qwen2_5_vl_vision(a: Architecture) -> dict:
                 tokens_per_second=2)
 
 
+def _qwen3_5_vision(a: Architecture) -> dict:
+    return dict(depth=a.vision_depth, hidden_size=a.vision_hidden, intermediate_size=a.vision_mlp,
+                num_heads=a.vision_hidden // 16, out_hidden_size=a.llm_hidden, patch_size=a.patch_size)
+
+
 def _qwen3_vl_vision(a: Architecture) -> dict:
     return dict(depth=a.vision_depth, hidden_size=a.vision_hidden, intermediate_size=a.vision_mlp,
                 num_heads=a.vision_hidden // 16, out_hidden_size=a.llm_hidden, patch_size=a.patch_size,
@@ -158,6 +186,10 @@ _QWEN2_ROPE = {"rope_type": "default", "rope_theta": 1e6}
 _QWEN3_ROPE = {"rope_type": "default", "rope_theta": 5e6, "mrope_interleaved": True}
 _QWEN3_VL_8B_VISION = dict(vision_hidden=1152, vision_mlp=4304, vision_depth=27, vision_full_attention=tuple(range(27)),
                            vision_mlp_matrices=2, deepstack_taps=(8, 16, 24), patch_size=16)
+
+_QWEN3_5_ROPE = {"rope_type": "default", "rope_theta": 1e7, "mrope_interleaved": True}
+_QWEN3_5_VISION = {**_QWEN3_VL_8B_VISION, "deepstack_taps": ()}
+_QWEN3_5_LINEAR = dict(llm_full_attention_interval=4, linear_key_heads=16, linear_head_dim=128, linear_conv_kernel=4)
 
 # One row per family: the full-size model of `hub_configs/` whose structure the benchmark copies (a test checks the
 # numbers against that table).
@@ -190,6 +222,23 @@ FAMILIES = {
         Qwen3VLMoeForConditionalGeneration, Qwen3VLMoeConfig, _qwen3_vl_vision, _QWEN3_ROPE, (24, 20, 20),
         video_per_frame=True,
     ),
+    # The full-size models rotate a quarter of their 256-dim heads (mRoPE sections 11, 11, 10); the benchmark model's
+    # heads of 16 rotate half (4 frequencies), as rotary costs no MACs here.
+    "qwen3_5": Family(
+        "27B", "Qwen/Qwen3.5-27B",
+        Architecture(llm_hidden=5120, llm_mlp=17408, llm_heads=24, llm_kv_heads=4, llm_head_dim=256, llm_layers=64,
+                     linear_value_heads=48, **_QWEN3_5_LINEAR, **_QWEN3_5_VISION),
+        Qwen3_5ForConditionalGeneration, Qwen3_5Config, _qwen3_5_vision, _QWEN3_5_ROPE, (11, 11, 10),
+        video_per_frame=True, partial_rotary=0.5,
+    ),
+    "qwen3_5_moe": Family(
+        "35B-A3B", "Qwen/Qwen3.5-35B-A3B",
+        Architecture(llm_hidden=2048, llm_mlp=512, llm_heads=16, llm_kv_heads=2, llm_head_dim=256, llm_layers=40,
+                     llm_experts=256, llm_active_experts=8, llm_shared_expert_mlp=512, linear_value_heads=32,
+                     **_QWEN3_5_LINEAR, **_QWEN3_5_VISION),
+        Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeConfig, _qwen3_5_vision, _QWEN3_5_ROPE, (11, 11, 10),
+        video_per_frame=True, partial_rotary=0.5,
+    ),
 }
 
 
@@ -212,14 +261,31 @@ def vision_macs(arch: Architecture, grid: tuple[int, int, int]) -> float:
     return patches * patch_values * d + arch.vision_depth * per_layer_linear + attention + mergers
 
 
+def full_attention_layers(arch: Architecture) -> int:
+    """How many of the LLM's layers attend over the sequence (Qwen3.5: every 4th; the others are linear attention)."""
+    return arch.llm_layers // arch.llm_full_attention_interval
+
+
 def llm_macs(arch: Architecture, length: int) -> float:
     """MACs of a causal LLM prefill of `length` tokens (the last token's logits are negligible and left out); an MoE
-    counts its router and the MLPs of the experts each token runs through."""
+    counts its router, the MLPs of the experts each token runs through and a shared expert; a hybrid (Qwen3.5) counts
+    its full-attention and its Gated DeltaNet layers apart."""
     d, q, kv = arch.llm_hidden, arch.llm_heads * arch.llm_head_dim, arch.llm_kv_heads * arch.llm_head_dim
     mlp = arch.llm_active_experts * 3 * d * arch.llm_mlp + d * arch.llm_experts  # SwiGLU MLPs, router
-    per_token = 2 * d * q + 2 * d * kv + mlp  # q and output, k and v projections, MLP
+    if arch.llm_shared_expert_mlp:
+        mlp += 3 * d * arch.llm_shared_expert_mlp + d  # the shared expert and its gate
+    gated = arch.llm_full_attention_interval > 1  # Qwen3.5's full attention: the query projection also gives a gate
+    per_token = (3 if gated else 2) * d * q + 2 * d * kv + mlp  # q (and gate) and output, k and v projections, MLP
     attention = 2 * q * length * (length + 1) / 2
-    return arch.llm_layers * (length * per_token + attention)
+    full_layers = full_attention_layers(arch)
+    macs = full_layers * (length * per_token + attention)
+    if full_layers < arch.llm_layers:  # Gated DeltaNet layers: linear in the length
+        k, v = arch.linear_key_heads * arch.linear_head_dim, arch.linear_value_heads * arch.linear_head_dim
+        projections = d * (2 * k + v) + d * v + 2 * d * arch.linear_value_heads + v * d  # qkv, z, a and b; output
+        convolution = (2 * k + v) * arch.linear_conv_kernel
+        recurrence = 4 * arch.linear_value_heads * arch.linear_head_dim**2  # decay, read, write, query of the state
+        macs += (arch.llm_layers - full_layers) * length * (projections + convolution + recurrence + mlp)
+    return macs
 
 
 def prefill_macs(arch: Architecture, grid, text_tokens: int, retention_ratio: float = 1.0) -> tuple[float, float]:
@@ -235,12 +301,19 @@ def vision_share(arch: Architecture, grid, text_tokens: int) -> float:
 
 
 def _with_llm_width(base: Architecture, llm_hidden: int) -> Architecture:
-    """`base` with an LLM of width `llm_hidden`: heads of dim 16, the query width, GQA ratio and MLP ratio of `base`."""
+    """`base` with an LLM of width `llm_hidden`: heads of dim 16, the query width, GQA ratio and MLP ratio of `base`
+    (Qwen3.5: also the linear-attention width per hidden unit and its value:key head ratio, heads of dim 16)."""
     query_width = base.llm_heads * base.llm_head_dim / base.llm_hidden  # heads x head dim / hidden: 1, or 2 (30B-A3B)
     llm_heads = max(1, round(query_width * llm_hidden / 16))
     kv_heads = max(1, llm_heads // (base.llm_heads // base.llm_kv_heads))
     while llm_heads % kv_heads:  # each key-value head serves a whole group of query heads
         kv_heads -= 1
+    linear = {}
+    if base.linear_key_heads:
+        key_heads = max(1, round(base.linear_key_heads * base.linear_head_dim * llm_hidden / base.llm_hidden / 16))
+        linear = dict(linear_key_heads=key_heads, linear_head_dim=16,
+                      linear_value_heads=key_heads * (base.linear_value_heads // base.linear_key_heads))
+    shared = 8 * max(1, round(base.llm_shared_expert_mlp * llm_hidden / base.llm_hidden / 8)) if base.llm_shared_expert_mlp else 0
     return dataclasses.replace(
         base,
         llm_hidden=llm_hidden,
@@ -248,6 +321,8 @@ def _with_llm_width(base: Architecture, llm_hidden: int) -> Architecture:
         llm_heads=llm_heads,
         llm_kv_heads=kv_heads,
         llm_head_dim=16,
+        llm_shared_expert_mlp=shared,
+        **linear,
     )
 
 
@@ -281,7 +356,7 @@ def benchmark_architecture(family: Family, grid, width_divisor: int, text_tokens
 
 def qwen_config(family: Family, arch: Architecture, attn: str):
     """The stock configuration of a random `family` model with the widths and depths of `arch`."""
-    half = arch.llm_head_dim // 2
+    half = int(arch.llm_head_dim * family.partial_rotary) // 2  # rotary frequencies per head
     t, h, w = family.mrope_split
     section = [half * h // (t + h + w), half * w // (t + h + w)]  # the full model's split, scaled to this head dim
     text = dict(
@@ -293,14 +368,27 @@ def qwen_config(family: Family, arch: Architecture, attn: str):
         num_key_value_heads=arch.llm_kv_heads,
         head_dim=arch.llm_head_dim,
         max_position_embeddings=32768,
-        rope_parameters={**family.rope, "mrope_section": [half - sum(section), *section]},
+        rope_parameters={**family.rope, "mrope_section": [half - sum(section), *section],
+                         **({"partial_rotary_factor": family.partial_rotary} if family.partial_rotary != 1.0 else {})},
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
     )
     if arch.llm_experts:  # every layer routes each token to `llm_active_experts` of `llm_experts` MLPs
         text.update(moe_intermediate_size=arch.llm_mlp, num_experts=arch.llm_experts,
-                    num_experts_per_tok=arch.llm_active_experts, decoder_sparse_step=1, mlp_only_layers=[])
+                    num_experts_per_tok=arch.llm_active_experts)
+        if arch.llm_shared_expert_mlp:  # Qwen3.5-MoE: and a shared expert; no intermediate_size at all
+            text.update(shared_expert_intermediate_size=arch.llm_shared_expert_mlp)
+            text.pop("intermediate_size")
+        else:
+            text.update(decoder_sparse_step=1, mlp_only_layers=[])
+    if arch.linear_key_heads:  # Qwen3.5: Gated DeltaNet layers, full attention every `llm_full_attention_interval`-th
+        interval = arch.llm_full_attention_interval
+        text.update(layer_types=["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                                 for i in range(arch.llm_layers)],
+                    linear_num_key_heads=arch.linear_key_heads, linear_num_value_heads=arch.linear_value_heads,
+                    linear_key_head_dim=arch.linear_head_dim, linear_value_head_dim=arch.linear_head_dim,
+                    linear_conv_kernel_dim=arch.linear_conv_kernel)
     config = family.config_class(
         text_config=text,
         vision_config=dict(spatial_merge_size=2, temporal_patch_size=2, **family.vision_fields(arch)),
@@ -403,13 +491,24 @@ def peak_memory(fn, device: torch.device):
     return result, peak
 
 
+def _tensor_bytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        value = list(value.values())
+    return sum(_tensor_bytes(item) for item in value) if isinstance(value, (list, tuple)) else 0
+
+
 def cache_bytes(cache) -> int:
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    """Bytes of every tensor the cache holds: keys and values, and (Qwen3.5's linear-attention layers) the
+    convolution and recurrent states, whose size does not grow with the sequence."""
+    return sum(_tensor_bytes(vars(layer)) for layer in cache.layers)
 
 
 def kv_bytes(arch: Architecture, length: int) -> int:
-    """KV cache of `arch` in bfloat16 for `length` tokens."""
-    return 2 * arch.llm_layers * arch.llm_kv_heads * arch.llm_head_dim * length * 2
+    """KV cache of `arch` in bfloat16 for `length` tokens (the full-attention layers': a linear-attention layer's state
+    has a fixed size, the same pruned or not)."""
+    return 2 * full_attention_layers(arch) * arch.llm_kv_heads * arch.llm_head_dim * length * 2
 
 
 @torch.no_grad()

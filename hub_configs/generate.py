@@ -12,7 +12,8 @@ change the table and run
     python hub_configs/generate.py --list     # the table: sizes, scorer parameters, provenance
 
 Each config is of its family's VisionSelector configuration class (`VisionSelectorQwen2VLConfig`,
-`VisionSelectorConfig`, `VisionSelectorQwen3VLConfig`, `VisionSelectorQwen3VLMoeConfig`), names its official
+`VisionSelectorConfig`, `VisionSelectorQwen3VLConfig`, `VisionSelectorQwen3VLMoeConfig`, `VisionSelectorQwen3_5Config`,
+`VisionSelectorQwen3_5MoeConfig`), names its official
 backbone in `base_model_name_or_path` and has the paper's scorer width (`scorer_hidden_size` = LLM hidden size // 2,
 the default). It is a training/publishing config, not a scorer-only artifact (`scorer_only` is False; `save_scorer`
 sets it).
@@ -32,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig, Qwen3VLMoeConfig
+from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3_5Config, Qwen3_5MoeConfig, Qwen3VLConfig, Qwen3VLMoeConfig
 
 from modeling_visionselector import CONFIG_CLASSES
 
@@ -68,6 +69,17 @@ SOURCES = {
     "(Qwen2-VL 2B/7B/72B: 2.2B/8.3B/73B)",
     "megatron-235b": "a public Megatron launch script for Qwen3-VL-235B-A22B-Instruct (layers, width, FFN, heads, "
     "query groups, kv channels, experts, top-k, MoE FFN, rotary base, vocab, sequence length)",
+    "slime-qwen3.5": "THUDM/slime, scripts/models/qwen3.5-27B.sh, qwen3.5-35B-A3B.sh, qwen3.5-397B-A17B.sh (Megatron "
+    "arguments: layers, width, FFN, heads, query groups, kv channels 256, rotary percent 0.25, rotary base 1e7, vocab "
+    "248320, untied embeddings, gated attention; MoE: experts, top-k, expert and shared-expert FFN; 35B-A3B also the "
+    "linear-attention conv kernel, key/value head dims and head counts, full attention every 4th layer)",
+    "qwen3.5-27b-config": "a public Qwen3_5Config(...) call restating a Qwen3.5 27B-size config field by field "
+    "(code-search id 55568797625): text sizes, linear-attention heads and dims, max positions 262144, mRoPE "
+    "[11, 11, 10] interleaved at partial rotary 0.25, rope theta 1e7, the vision tower (27 x 1152, MLP 4304, 16 "
+    "heads, patch 16, 2304 position embeddings), token ids 248053-248057",
+    "qwen3.5-35b-a3b-text": "a public parser test of the Qwen3.5-35B-A3B text config (code-search id 58587811594): "
+    "every text size, experts 256 / 8, expert and shared-expert MLP 512, linear-attention heads 16 / 32, mRoPE",
+    "qwen3.5-122b-page": "https://www.fitmygpu.com/models/qwen-3.5-122b-a10b (48 layers, 12 of them full attention)",
 }
 
 
@@ -101,6 +113,9 @@ class Backbone:
     text: dict
     vision: dict = dataclasses.field(default_factory=dict)
     checked: tuple[tuple[str, str], ...] = ()
+    # how far a model built from the row may be from `parameters_b`: 0.5% for counts published to 3 digits; more
+    # where only the rounded count in the model's name is known
+    parameters_tolerance: float = 0.005
 
 
 _QWEN2_IDS = dict(bos_token_id=151643, eos_token_id=151645, vision_start_token_id=151652, vision_end_token_id=151653,
@@ -119,6 +134,21 @@ _QWEN3_VISION = dict(hidden_act="gelu_pytorch_tanh", in_channels=3, initializer_
                      num_position_embeddings=2304, patch_size=16, spatial_merge_size=2, temporal_patch_size=2)
 _QWEN3_VISION_SMALL = dict(depth=24, hidden_size=1024, intermediate_size=4096, deepstack_visual_indexes=[5, 11, 17])
 _QWEN3_VISION_LARGE = dict(depth=27, hidden_size=1152, intermediate_size=4304, deepstack_visual_indexes=[8, 16, 24])
+
+# Qwen3.5: natively multimodal; the text fields in the transformers 5 layout (`rope_parameters`, `layer_types`), the
+# vision tower Qwen3-VL's large one without deepstack. The official config.json also holds MTP fields (the multi-token
+# prediction head, which transformers does not load): left out.
+_QWEN3_5_IDS = dict(image_token_id=248056, video_token_id=248057, vision_start_token_id=248053,
+                    vision_end_token_id=248054)
+_QWEN3_5_TEXT = dict(attention_bias=False, attention_dropout=0.0, eos_token_id=248044, head_dim=256, hidden_act="silu",
+                     initializer_range=0.02, max_position_embeddings=262144, rms_norm_eps=1e-06, use_cache=True,
+                     vocab_size=248320, dtype="bfloat16", linear_conv_kernel_dim=4, linear_key_head_dim=128,
+                     linear_value_head_dim=128, linear_num_key_heads=16,
+                     rope_parameters={"mrope_interleaved": True, "mrope_section": [11, 11, 10], "rope_type": "default",
+                                      "rope_theta": 10000000, "partial_rotary_factor": 0.25})
+_QWEN3_5_VISION = dict(depth=27, hidden_size=1152, intermediate_size=4304, hidden_act="gelu_pytorch_tanh", in_channels=3,
+                       initializer_range=0.02, num_heads=16, num_position_embeddings=2304, patch_size=16,
+                       spatial_merge_size=2, temporal_patch_size=2)
 
 FAMILIES = {
     "qwen2_vl": Family(
@@ -163,6 +193,24 @@ FAMILIES = {
         vision_out_key="out_hidden_size",
         nested=True,
     ),
+    "qwen3_5": Family(
+        stock_config=Qwen3_5Config,
+        architecture="Qwen3_5ForConditionalGeneration",
+        top=_QWEN3_5_IDS,
+        text=_QWEN3_5_TEXT,
+        vision=_QWEN3_5_VISION,
+        vision_out_key="out_hidden_size",
+        nested=True,
+    ),
+    "qwen3_5_moe": Family(
+        stock_config=Qwen3_5MoeConfig,
+        architecture="Qwen3_5MoeForConditionalGeneration",
+        top=_QWEN3_5_IDS,
+        text=_QWEN3_5_TEXT,
+        vision=_QWEN3_5_VISION,
+        vision_out_key="out_hidden_size",
+        nested=True,
+    ),
 }
 
 
@@ -174,6 +222,14 @@ def _qwen2_sizes(hidden, mlp, layers, heads, kv_heads, vocab, tied):
 def _qwen3_sizes(hidden, mlp, layers, heads, kv_heads, tied, **moe):
     return dict(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads,
                 num_key_value_heads=kv_heads, tie_word_embeddings=tied, **moe)
+
+
+def _qwen3_5_sizes(hidden, layers, heads, kv_heads, linear_value_heads, tied, mlp=None, **moe):
+    """Qwen3.5 sizes; full attention in every 4th layer (the official `full_attention_interval`), linear otherwise."""
+    sizes = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                 linear_num_value_heads=linear_value_heads, tie_word_embeddings=tied,
+                 layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)], **moe)
+    return sizes if mlp is None else {**sizes, "intermediate_size": mlp}
 
 
 # name -> row. Sizes: hidden, MLP, layers, query heads, key-value heads, (vocab,) tied embeddings.
@@ -255,6 +311,41 @@ BACKBONES = {
                   "vocab, untied, max positions, rope theta, mRoPE, vision tower, projector width 4096", "xtuner"),
                  ("layers, hidden, FFN, MoE FFN, heads, kv heads, kv channels, experts, top-k, rope, vocab",
                   "megatron-235b")),
+    ),
+    # ---- Qwen3.5 (dense). Repos have no -Instruct suffix: the released models are the instruct ones. The parameter
+    # counts are the names' (rounded), checked to 3% (`parameters_tolerance`).
+    "VisionSelector-Qwen3.5-27B": Backbone(
+        "qwen3_5", "Qwen/Qwen3.5-27B", 27, _qwen3_5_sizes(5120, 64, 24, 4, 48, False, mlp=17408),
+        checked=(("every text and vision field, token ids", "qwen3.5-27b-config"),
+                 ("layers, hidden, MLP, heads, kv heads, head dim, vocab, untied, rotary, gated attention",
+                  "slime-qwen3.5")),
+        parameters_tolerance=0.03,
+    ),
+    # ---- Qwen3.5-MoE
+    "VisionSelector-Qwen3.5-35B-A3B": Backbone(
+        "qwen3_5_moe", "Qwen/Qwen3.5-35B-A3B", 35,
+        _qwen3_5_sizes(2048, 40, 16, 2, 32, False, num_experts=256, num_experts_per_tok=8, moe_intermediate_size=512,
+                       shared_expert_intermediate_size=512),
+        checked=(("every text size: layers, hidden, heads, kv heads, head dim, experts, top-k, expert and shared "
+                  "MLP, linear-attention heads and dims, conv kernel, full attention every 4th layer, vocab, rotary",
+                  "slime-qwen3.5"),
+                 ("the same text sizes, max positions, mRoPE", "qwen3.5-35b-a3b-text")),
+        parameters_tolerance=0.03,
+    ),
+    "VisionSelector-Qwen3.5-122B-A10B": Backbone(
+        "qwen3_5_moe", "Qwen/Qwen3.5-122B-A10B", 122,
+        _qwen3_5_sizes(3072, 48, 32, 2, 64, False, num_experts=256, num_experts_per_tok=8, moe_intermediate_size=1024,
+                       shared_expert_intermediate_size=1024),
+        checked=(("layers, 12 of them full attention", "qwen3.5-122b-page"),),
+        parameters_tolerance=0.03,
+    ),
+    "VisionSelector-Qwen3.5-397B-A17B": Backbone(
+        "qwen3_5_moe", "Qwen/Qwen3.5-397B-A17B", 397,
+        _qwen3_5_sizes(4096, 60, 32, 2, 64, False, num_experts=512, num_experts_per_tok=10, moe_intermediate_size=1024,
+                       shared_expert_intermediate_size=1024),
+        checked=(("layers, hidden, heads, kv heads, head dim, experts, top-k, expert and shared-expert MLP, vocab, "
+                  "untied, rotary", "slime-qwen3.5"),),
+        parameters_tolerance=0.03,
     ),
 }
 

@@ -3,8 +3,10 @@
 - The kept-embeddings oracle (Qwen2.5-VL; one sample, no padding): take the stock visual features and the stock
   `get_rope_index` positions, keep the visual tokens a selection names, and run the stock model on `inputs_embeds`
   of that shorter sequence.
-- The masked-sequence oracle (any family, padded batches): the full sequence with the dropped placeholders masked out
-  of the attention mask, at the stock positions (see below).
+- The masked-sequence oracle (attention-only families, padded batches): the full sequence with the dropped
+  placeholders masked out of the attention mask, at the stock positions (see below).
+- The kept-sequence oracle (every family, Qwen3.5's recurrent layers included): each sample alone, as the stock
+  model's embeddings of only the kept tokens at their full-sequence positions, one row, no padding (see the end).
 """
 
 from __future__ import annotations
@@ -98,18 +100,28 @@ def greedy_tokens(stock, embeds, positions, max_new_tokens: int) -> list[int]:
     return tokens
 
 
-def _items_per_row(input_ids, token_id: int) -> list[int]:
-    """How many placeholder runs (images or videos) each row holds."""
-    starts = torch.ones_like(input_ids, dtype=torch.bool)
-    starts[:, 1:] = input_ids[:, 1:] != input_ids[:, :-1]
-    return ((input_ids == token_id) & starts).sum(1).tolist()
+def _items_per_row(inputs, config, token_id: int, grid_key: str) -> list[int]:
+    """How many images (or videos) each row holds: the next grid rows whose merged tokens (t * h * w / merge**2) add
+    up to the row's placeholders. (Counting placeholder runs would not do: Qwen3-VL and Qwen3.5 split a video into one
+    run per frame.)"""
+    grids = inputs.get(grid_key)
+    sizes = [] if grids is None else [t * h * w // config.vision_config.spatial_merge_size**2 for t, h, w in grids.tolist()]
+    counts, item = [], 0
+    for placeholders in (inputs["input_ids"] == token_id).sum(1).tolist():
+        start = item
+        while placeholders > 0:
+            placeholders -= sizes[item]
+            item += 1
+        assert placeholders == 0, "placeholders do not match the grids"
+        counts.append(item - start)
+    return counts
 
 
 def unbatch(inputs, config) -> list[dict]:
     """The samples of a padded processor batch, each as an unpadded batch of one with its own pixels and grids."""
     samples = []
-    images_per_row = _items_per_row(inputs["input_ids"], config.image_token_id)
-    videos_per_row = _items_per_row(inputs["input_ids"], config.video_token_id)
+    images_per_row = _items_per_row(inputs, config, config.image_token_id, "image_grid_thw")
+    videos_per_row = _items_per_row(inputs, config, config.video_token_id, "video_grid_thw")
     cursors = {"image": [0, 0], "video": [0, 0]}  # next item, next pixel row
     for row, (n_images, n_videos) in enumerate(zip(images_per_row, videos_per_row)):
         real = inputs["attention_mask"][row].bool()
@@ -134,8 +146,8 @@ def unbatch(inputs, config) -> list[dict]:
 
 def split_kept_indices(inputs, config, kept_indices: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     """Per-sample kept indices, from the batch's (images of all samples, then videos of all samples)."""
-    images_per_row = _items_per_row(inputs["input_ids"], config.image_token_id)
-    videos_per_row = _items_per_row(inputs["input_ids"], config.video_token_id)
+    images_per_row = _items_per_row(inputs, config, config.image_token_id, "image_grid_thw")
+    videos_per_row = _items_per_row(inputs, config, config.video_token_id, "video_grid_thw")
     num_images = sum(images_per_row)
     image_kept, video_kept = list(kept_indices[:num_images]), list(kept_indices[num_images:])
     per_sample = []
@@ -246,3 +258,79 @@ def masked_greedy(stock, inputs, kept_indices, max_new_tokens: int) -> list[list
         cut = next((i for i, token in enumerate(row) if token in eos), None)
         rows.append(row if cut is None else row[: cut + 1])
     return rows
+
+
+# ------------------------------------------------------------------ the kept-sequence oracle (every family)
+#
+# Masking a token is not removing it where the language model has recurrent layers (Qwen3.5's Gated DeltaNet): a
+# recurrent layer zeroes a masked position's input but still steps through it (its state decays, its causal
+# convolution window shifts), so the masked-sequence oracle above does not describe pruning there. What pruning
+# promises, in every family, is this: each sample is the stock model run on ONLY the kept tokens' embeddings (the
+# stock features at the kept placeholders, text embeddings elsewhere) at their full-sequence 3D positions, as a
+# single row with no padding. For Qwen3-VL the kept tokens' deepstack features go with them.
+
+
+@torch.no_grad()
+def kept_sequence(stock, sample, kept_indices: list[torch.Tensor]) -> dict:
+    """The stock inputs of one unpadded sample reduced to its kept tokens: `inputs_embeds` `(1, L', D)`,
+    `position_ids` `(3, 1, L')` (the full sequence's, at the kept columns) and, for a family with deepstack features,
+    `visual_pos_masks` `(1, L')` and `deepstack_visual_embeds` (per layer, `(kept visual tokens, D)`)."""
+    input_ids = sample["input_ids"]
+    assert input_ids.shape[0] == 1 and bool(sample["attention_mask"].all()), "the oracle takes one unpadded sample"
+    config = stock.config
+    keep = masked_attention(sample, config, kept_indices)[0].bool()  # (L,): False at dropped placeholders
+    embeds = stock.get_input_embeddings()(input_ids)  # (1, L, D)
+    visual = torch.zeros_like(input_ids, dtype=torch.bool)
+    deepstack = None
+    for kind, token_id, pixels, grid in (
+        ("image", config.image_token_id, "pixel_values", "image_grid_thw"),
+        ("video", config.video_token_id, "pixel_values_videos", "video_grid_thw"),
+    ):
+        if sample.get(pixels) is None:
+            continue
+        encoded = getattr(stock.model, f"get_{kind}_features")(sample[pixels], sample[grid], return_dict=True)
+        placeholders = input_ids == token_id  # the stock scatter: features in reading order
+        embeds[placeholders] = torch.cat(encoded.pooler_output).to(embeds.dtype)
+        visual |= placeholders
+        layers = getattr(encoded, "deepstack_features", None)
+        if layers is not None:  # per layer, this kind's features at its placeholders, in sequence order
+            parts = [torch.zeros_like(embeds[0]) for _ in layers] if deepstack is None else deepstack
+            for part, layer in zip(parts, layers):
+                part[placeholders[0]] = torch.cat(layer).to(embeds.dtype)
+            deepstack = parts
+    inputs = {"inputs_embeds": embeds[:, keep], "position_ids": stock_positions(stock, sample)[:, :, keep]}
+    if deepstack is not None:
+        kept_visual = visual[0] & keep
+        inputs["visual_pos_masks"] = kept_visual[keep][None]
+        inputs["deepstack_visual_embeds"] = [layer[kept_visual] for layer in deepstack]
+    return inputs
+
+
+@torch.no_grad()
+def kept_sequence_logits(stock, inputs: dict) -> torch.Tensor:
+    """Stock logits `(1, L', V)` of a `kept_sequence`: the stock language model on it, then the stock LM head."""
+    hidden = stock.model.language_model(**inputs, use_cache=False).last_hidden_state
+    return stock.lm_head(hidden)
+
+
+@torch.no_grad()
+def kept_sequence_greedy(stock, inputs: dict, max_new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy continuation of a `kept_sequence` by re-running the whole sequence each step (no cache), stopping at
+    eos; each new token at the last position + 1 (where `generate` puts it). Returns the tokens and each step's
+    logits `(V,)`."""
+    eos = stock.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    inputs = dict(inputs)
+    tokens, step_logits = [], []
+    for _ in range(max_new_tokens):
+        logits = kept_sequence_logits(stock, inputs)[0, -1]
+        step_logits.append(logits)
+        token = int(logits.argmax())
+        tokens.append(token)
+        if token in eos:
+            break
+        inputs["inputs_embeds"] = torch.cat([inputs["inputs_embeds"], stock.get_input_embeddings()(torch.tensor([[token]]))], dim=1)
+        inputs["position_ids"] = torch.cat([inputs["position_ids"], inputs["position_ids"][:, :, -1:] + 1], dim=2)
+        if "visual_pos_masks" in inputs:
+            inputs["visual_pos_masks"] = torch.cat([inputs["visual_pos_masks"], torch.zeros(1, 1, dtype=torch.bool)], dim=1)
+    return tokens, step_logits

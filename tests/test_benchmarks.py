@@ -43,6 +43,7 @@ def _shallow(family):
         deepstack_taps=(1, 3)[: len(full.deepstack_taps)],
         llm_experts=min(full.llm_experts, 8),
         llm_active_experts=min(full.llm_active_experts, 2),
+        llm_full_attention_interval=min(full.llm_full_attention_interval, 2),  # Qwen3.5: linear, then full attention
     ))
 
 
@@ -66,9 +67,14 @@ def test_one_prefill_row_end_to_end(family_name, size):
         assert row["prefill_length"] == row["full_length"] - n + kept
         # the benchmark model has the full-size depths; its KV cache is that of the pruned prompt, in float32
         assert (arch["llm_layers"], arch["vision_depth"]) == (family.full.llm_layers, family.full.vision_depth)
-        per_token = 2 * arch["llm_layers"] * arch["llm_kv_heads"] * arch["llm_head_dim"] * 4
-        assert row["kv_cache_bytes"] == per_token * row["prefill_length"]
-        assert row["kv_cache_bytes_full"] == per_token * row["full_length"]
+        full_layers = arch["llm_layers"] // arch["llm_full_attention_interval"]
+        per_token = 2 * full_layers * arch["llm_kv_heads"] * arch["llm_head_dim"] * 4
+        # Qwen3.5's linear-attention layers: a convolution state (q, k, v over the kernel) and a recurrent state (a
+        # key x value matrix per value head), the same size whatever the length
+        k, v = arch["linear_key_heads"] * arch["linear_head_dim"], arch["linear_value_heads"] * arch["linear_head_dim"]
+        state = (arch["llm_layers"] - full_layers) * ((2 * k + v) * arch["linear_conv_kernel"] + v * arch["linear_head_dim"]) * 4
+        assert row["kv_cache_bytes"] == per_token * row["prefill_length"] + state
+        assert row["kv_cache_bytes_full"] == per_token * row["full_length"] + state
         assert row["kv_cache_bytes_full_size_bf16"] == prefill.kv_bytes(family.full, row["prefill_length"])
         assert all(row[key] > 0 for key in ("t_full_s", "t_pruned_s", "t_encoder_s", "t_llm_s", "speedup"))
         assert 0 < row["vision_mac_share_full_size"] < 1
@@ -124,7 +130,7 @@ def test_benchmark_model_has_the_full_size_vision_share(family_name, grid):
 
 
 def test_family_structures_in_the_mac_model():
-    qwen2, qwen2_5, qwen3, moe = (prefill.FAMILIES[name].full for name in FAMILIES)
+    qwen2, qwen2_5, qwen3, moe = (prefill.FAMILIES[name].full for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"))
     # Qwen2-VL: full attention in every block, a 2-matrix MLP at 4x; Qwen2.5-VL: 4 full-attention blocks, SwiGLU
     assert qwen2.vision_full_attention == tuple(range(32)) and qwen2.vision_mlp == 4 * qwen2.vision_hidden
     assert (qwen2.vision_mlp_matrices, qwen2_5.vision_mlp_matrices, qwen2_5.vision_full_attention) == (2, 3, (7, 15, 23, 31))
@@ -149,6 +155,19 @@ def test_family_structures_in_the_mac_model():
     assert prefill.llm_macs(all_experts, length) > 10 * prefill.llm_macs(moe, length)
 
 
+@pytest.mark.parametrize("family_name", ["qwen3_5", "qwen3_5_moe"])
+def test_linear_attention_layers_cost_linear_in_the_length(family_name):
+    """Qwen3.5: only the full-attention layers (every 4th) grow quadratically; the Gated DeltaNet layers are linear."""
+    arch = prefill.FAMILIES[family_name].full
+    assert prefill.full_attention_layers(arch) == arch.llm_layers // 4
+    length = 1000
+    quadratic = prefill.llm_macs(arch, 2 * length) - 2 * prefill.llm_macs(arch, length)
+    # causal attention costs q L (L + 1) per layer (scores and weighted sum): doubling L adds 2 q L^2 beyond linear
+    assert quadratic == prefill.full_attention_layers(arch) * 2 * arch.llm_heads * arch.llm_head_dim * length**2
+    transformer = dataclasses.replace(arch, llm_full_attention_interval=1)
+    assert prefill.llm_macs(arch, 16384) < prefill.llm_macs(transformer, 16384)
+
+
 def _stock_fields(config, family_name: str) -> dict:
     """The fields of a stock config that the benchmark's `Architecture` restates."""
     text, vision = config.text_config, config.vision_config
@@ -171,6 +190,15 @@ def _stock_fields(config, family_name: str) -> dict:
         fields.update(vision_hidden=vision.hidden_size, vision_mlp=vision.intermediate_size)
     if family_name == "qwen2_5_vl":
         fields.update(vision_full_attention=tuple(vision.fullatt_block_indexes))
+    if hasattr(text, "linear_num_key_heads"):  # Qwen3.5: the hybrid layout and the linear-attention heads
+        full = [i for i, kind in enumerate(text.layer_types) if kind == "full_attention"]
+        interval = full[0] + 1
+        assert full == list(range(interval - 1, text.num_hidden_layers, interval))
+        fields.update(llm_full_attention_interval=interval, linear_key_heads=text.linear_num_key_heads,
+                      linear_value_heads=text.linear_num_value_heads, linear_head_dim=text.linear_key_head_dim,
+                      linear_conv_kernel=text.linear_conv_kernel_dim,
+                      llm_shared_expert_mlp=getattr(text, "shared_expert_intermediate_size", 0))
+        assert text.linear_value_head_dim == text.linear_key_head_dim
     return fields
 
 

@@ -1,12 +1,20 @@
-"""Every backbone family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE) against its own stock model.
+"""Every backbone family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5, Qwen3.5-MoE) against its own stock
+model.
 
-The oracle (`tests/oracle.py`, masked-sequence part) needs only the stock model: the full sequence with the dropped
-placeholders masked out of the attention mask, at the stock positions, with the stock features (and, for Qwen3-VL,
-the stock deepstack features) gives at every kept position exactly the pruned model's logits.
+Two oracles (`tests/oracle.py`) need only the stock model:
+- kept-sequence, every family: each sample alone, the stock model on only the kept tokens' embeddings (and, for
+  Qwen3-VL, their deepstack features) at their full-sequence 3D positions, one row, no padding, gives the pruned
+  model's logits for that row of a padded batch. It is what pruning means, and the only oracle for Qwen3.5, whose
+  recurrent (Gated DeltaNet) layers step through masked positions.
+- masked-sequence, attention-only families: the full sequence with the dropped placeholders masked out of the
+  attention mask, at the stock positions, with the stock features gives at every kept position the same logits.
 """
+
+import copy
 
 import pytest
 import torch
+from packaging import version
 from transformers import AutoModel, AutoModelForImageTextToText
 
 from conftest import build_inputs
@@ -16,7 +24,17 @@ from modeling_visionselector import (
     num_kept_tokens,
 )
 from modeling_visionselector.selectors import SELECTORS
-from oracle import masked_attention, masked_greedy, masked_logits, stock_positions
+from oracle import (
+    kept_sequence,
+    kept_sequence_greedy,
+    kept_sequence_logits,
+    masked_attention,
+    masked_greedy,
+    masked_logits,
+    split_kept_indices,
+    stock_positions,
+    unbatch,
+)
 from visionselector.publishing import save_scorer
 from visionselector.tiny import FAMILIES, tiny_model, tiny_processor
 
@@ -59,6 +77,23 @@ def family(request):
     return request.param
 
 
+def has_recurrent_layers(config) -> bool:
+    """Whether the language model has linear-attention (recurrent) layers, which step through masked positions."""
+    return "linear_attention" in (getattr(config.text_config, "layer_types", None) or ())
+
+
+def attention_only(family: str) -> None:
+    """Skips the masked-sequence oracle's tests where it does not describe pruning."""
+    if has_recurrent_layers(family_setup(family)[1].config):
+        pytest.skip("recurrent layers step through masked positions: the kept-sequence oracle covers this family")
+
+
+def kept_sequence_per_row(stock, inputs, kept_indices) -> list[dict]:
+    """The kept-sequence oracle's inputs for every row of a padded batch, each row alone."""
+    per_row = split_kept_indices(inputs, stock.config, kept_indices)
+    return [kept_sequence(stock, sample, kept) for sample, kept in zip(unbatch(inputs, stock.config), per_row)]
+
+
 def test_from_backbone_returns_the_visionselector_class_of_the_family(family):
     _, stock, model = family_setup(family)
     assert type(model) is VISIONSELECTOR_CLASSES[family]
@@ -70,6 +105,7 @@ def test_from_backbone_returns_the_visionselector_class_of_the_family(family):
 @pytest.mark.parametrize("ratio", RATIOS)
 @pytest.mark.parametrize("scenario", ["two_images_of_different_sizes", "video"])
 def test_pruned_prefill_equals_the_masked_stock_oracle(family, scenario, ratio):
+    attention_only(family)
     processor, stock, model = family_setup(family)
     inputs = build_inputs(processor, scenarios(family)[scenario], padding_side="left")
     with torch.no_grad():
@@ -82,8 +118,93 @@ def test_pruned_prefill_equals_the_masked_stock_oracle(family, scenario, ratio):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("scenario", ["two_images_of_different_sizes", "video"])
+def test_pruned_prefill_equals_the_stock_model_on_the_kept_tokens_alone(family, scenario, padding_side, ratio):
+    """Each row of a padded batch: the pruned logits at its real positions are the stock model's on that row's kept
+    tokens alone (one row, no padding), at their full-sequence positions."""
+    processor, stock, model = family_setup(family)
+    inputs = build_inputs(processor, scenarios(family)[scenario], padding_side=padding_side)
+    with torch.no_grad():
+        out = model(**inputs, retention_ratio=ratio)
+    for row, oracle_inputs in enumerate(kept_sequence_per_row(stock, inputs, out.kept_indices)):
+        ours = out.logits[row][out.attention_mask[row].bool()]
+        theirs = kept_sequence_logits(stock, oracle_inputs)[0]
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scenario", ["two_images_of_different_sizes", "video"])
+def test_a_left_padded_row_equals_the_row_alone_in_float64(family, scenario):
+    """The recurrent layers run through a left-padded row's padding (zeroed) before its first token: in float64 the
+    pruned batch matches each row's kept tokens alone to 1e-7 (measured: under 4e-9; the stock model itself differs
+    by ~1e-8 between a padded row and the row alone), so no tolerance of float32 hides a difference."""
+    processor, stock, _ = family_setup(family)
+    if not has_recurrent_layers(stock.config):
+        pytest.skip("attention-only families: covered in float32")
+    if getattr(stock.config.text_config, "num_experts", None):
+        pytest.skip("the grouped expert kernels have no float64 on CPU")
+    stock = copy.deepcopy(stock).double()
+    torch.manual_seed(1)
+    model = VisionSelectorForConditionalGeneration.from_backbone(stock).eval()
+    inputs = build_inputs(processor, scenarios(family)[scenario], padding_side="left")
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in inputs:
+            inputs[key] = inputs[key].double()
+    with torch.no_grad():
+        out = model(**inputs, retention_ratio=0.37)
+    assert bool((out.attention_mask == 0).any())  # some row is padded
+    for row, oracle_inputs in enumerate(kept_sequence_per_row(stock, inputs, out.kept_indices)):
+        ours = out.logits[row][out.attention_mask[row].bool()]
+        torch.testing.assert_close(ours, kept_sequence_logits(stock, oracle_inputs)[0], atol=1e-7, rtol=0)
+
+
+def test_masking_is_not_removing_in_recurrent_layers(family):
+    """Why Qwen3.5 needs the kept-sequence oracle: there the masked full sequence gives other logits than pruning."""
+    processor, stock, model = family_setup(family)
+    if not has_recurrent_layers(stock.config):
+        pytest.skip("attention-only: masking a token is removing it")
+    inputs = build_inputs(processor, scenarios(family)["two_images_of_different_sizes"], padding_side="left")
+    with torch.no_grad():
+        out = model(**inputs, retention_ratio=0.37)
+    expected, mask = masked_logits(stock, inputs, out.kept_indices)
+    difference = max(
+        float((out.logits[row][out.attention_mask[row].bool()] - expected[row][mask[row].bool()]).abs().max())
+        for row in range(inputs["input_ids"].shape[0])
+    )
+    assert difference > 1e-3
+
+
+@pytest.mark.parametrize("scenario", ["two_images_of_different_sizes", "video"])
+def test_cached_greedy_generation_equals_a_stock_loop_on_the_kept_tokens(family, scenario):
+    """`generate` (with its cache, rows re-padded on the left) against a stock no-cache loop on each row's kept
+    tokens alone: the same tokens, and at every step the same logits."""
+    processor, stock, model = family_setup(family)
+    inputs = build_inputs(processor, scenarios(family)[scenario], padding_side="left", seed=3)
+    ratio = 0.3
+    selection = model.select_visual_tokens(
+        inputs.get("pixel_values"), inputs.get("image_grid_thw"), inputs.get("pixel_values_videos"),
+        inputs.get("video_grid_thw"), retention_ratio=ratio,
+    )
+    out = model.generate(
+        **inputs, retention_ratio=ratio, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, use_cache=True,
+        return_dict_in_generate=True, output_logits=True,
+    )
+    prompt = inputs["input_ids"].shape[1]
+    eos = stock.generation_config.eos_token_id
+    for row, oracle_inputs in enumerate(kept_sequence_per_row(stock, inputs, selection.kept_indices)):
+        tokens, step_logits = kept_sequence_greedy(stock, oracle_inputs, MAX_NEW_TOKENS)
+        ours = out.sequences[row, prompt:].tolist()
+        ours = ours[: ours.index(eos) + 1] if eos in ours else ours
+        assert ours == tokens
+        for step, logits in enumerate(step_logits):
+            torch.testing.assert_close(out.logits[step][row], logits, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("scenario", ["two_images_of_different_sizes", "video"])
 def test_greedy_generation_equals_the_masked_stock_loop(family, scenario):
+    attention_only(family)
     processor, stock, model = family_setup(family)
     inputs = build_inputs(processor, scenarios(family)[scenario], padding_side="left", seed=3)
     ratio = 0.3
@@ -108,6 +229,26 @@ def test_ratio_one_is_token_for_token_the_stock_generate(family, scenario):
     assert torch.equal(model.generate(**inputs, retention_ratio=1.0, **kwargs), stock.generate(**inputs, **kwargs))
 
 
+@pytest.mark.parametrize(
+    "mode",
+    [dict(num_beams=2), dict(do_sample=True, num_return_sequences=2), dict(use_cache=False), dict(prefill_chunk_size=8)],
+    ids=["beam_search", "sampling_with_copies", "no_cache", "chunked_prefill"],
+)
+def test_ratio_one_is_the_stock_generate_in_every_mode(family, mode):
+    """Beam search and copies reorder and repeat the cache (Qwen3.5: recurrent states too), chunked prefill fills it in
+    pieces: at ratio 1.0 each is the stock `generate` token for token."""
+    from modeling_visionselector.configuration_visionselector import TRANSFORMERS_VERSION
+
+    if "prefill_chunk_size" in mode and TRANSFORMERS_VERSION < version.Version("5.23.0"):
+        pytest.skip("chunked prefill with images is refused before transformers 5.23")
+    processor, stock, model = family_setup(family)
+    inputs = build_inputs(processor, scenarios(family)["video"], padding_side="left", seed=5)
+    torch.manual_seed(0)
+    ours = model.generate(**inputs, retention_ratio=1.0, max_new_tokens=MAX_NEW_TOKENS, **mode)
+    torch.manual_seed(0)
+    assert torch.equal(ours, stock.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, **mode))
+
+
 def test_a_video_frame_may_keep_none_of_its_tokens(family):
     """Selection is per video, not per frame: at k = 1 a two-frame video keeps one frame's token and the other
     frame none, and the pruned prefill still equals the oracle."""
@@ -118,8 +259,8 @@ def test_a_video_frame_may_keep_none_of_its_tokens(family):
         out = model(**inputs, retention_ratio=0.25)
     (kept,) = out.kept_indices
     assert len(kept) == 1  # max(1, int(0.25 * 4))
-    expected, mask = masked_logits(stock, inputs, out.kept_indices)
-    torch.testing.assert_close(out.logits[0], expected[0][mask[0].bool()], atol=1e-5, rtol=1e-4)
+    expected = kept_sequence_logits(stock, kept_sequence(stock, inputs, out.kept_indices))
+    torch.testing.assert_close(out.logits[0], expected[0], atol=1e-5, rtol=1e-4)
 
 
 def test_every_selector_keeps_the_budget(family):

@@ -6,6 +6,7 @@ layer and one vision block to compare the VisionSelector model with the stock on
 """
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -28,11 +29,14 @@ REQUIRED = {
     "qwen2_5_vl": {"3B", "7B", "32B", "72B"},
     "qwen3_vl": {"2B", "4B", "8B", "32B"},
     "qwen3_vl_moe": {"30B-A3B", "235B-A22B"},
+    "qwen3_5": {"27B"},
+    "qwen3_5_moe": {"35B-A3B", "122B-A10B", "397B-A17B"},
 }
 
 
 def _size(name: str) -> str:
-    return name.removesuffix("-Instruct").rsplit("-VL-", 1)[1]
+    """"VisionSelector-Qwen3-VL-30B-A3B-Instruct" -> "30B-A3B", "VisionSelector-Qwen3.5-27B" -> "27B"."""
+    return re.search(r"-(\d+(?:\.\d+)?B(?:-A\d+B)?)(?:-Instruct)?$", name).group(1)
 
 
 def _shrunk(config):
@@ -93,10 +97,12 @@ def test_config_loads_with_its_family_class_and_points_at_its_backbone(name):
     # the vision tower's merger writes the LLM width (Qwen2-VL names it `hidden_size`)
     assert getattr(vision, generate.FAMILIES[row.family].vision_out_key) == hidden
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    assert head_dim == 128 and 2 * sum(text.rope_parameters["mrope_section"]) == head_dim
+    rotary = head_dim * text.rope_parameters.get("partial_rotary_factor", 1.0)  # Qwen3.5 rotates a quarter of 256
+    assert head_dim in (128, 256) and 2 * sum(text.rope_parameters["mrope_section"]) == rotary
     assert text.num_attention_heads % text.num_key_value_heads == 0
     assert config.tie_word_embeddings == row.text["tie_word_embeddings"]
-    assert (config.image_token_id, config.video_token_id) == (151655, 151656)
+    expected_ids = (248056, 248057) if row.family.startswith("qwen3_5") else (151655, 151656)
+    assert (config.image_token_id, config.video_token_id) == expected_ids
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -105,8 +111,9 @@ def test_full_size_backbone_has_its_published_parameter_count(name):
     with torch.device("meta"):
         stock = VISIONSELECTOR_CLASSES[row.family].stock_class(generate.backbone_config(name))
     count = sum(p.numel() for p in stock.parameters())
-    # published counts have 3 significant digits; 0.5% is less than one layer of any of these models
-    assert abs(count / 1e9 - row.parameters_b) <= 0.005 * row.parameters_b, f"{count:,}"
+    # published counts have 3 significant digits; 0.5% is less than one layer of any of these models (Qwen3.5: the
+    # rounded count of the name, `parameters_tolerance`)
+    assert abs(count / 1e9 - row.parameters_b) <= row.parameters_tolerance * row.parameters_b, f"{count:,}"
 
 
 @pytest.mark.parametrize("name", NAMES)

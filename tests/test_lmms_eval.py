@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from visionselector.cli import EMBEDDED_CHECKPOINT  # noqa: E402
+from visionselector.tiny import FAMILIES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_FOLDER = ROOT / "tests" / "lmms_eval_task"
@@ -300,7 +301,7 @@ def family_folders(family: str, root: Path) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["full", "scorer-only"])
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_plugin_loads_visionselector_checkpoints_of_every_family(family, kind, tmp_path_factory):
     from visionselector.lmms_eval_model import VisionSelector
 
@@ -314,18 +315,20 @@ def test_plugin_loads_visionselector_checkpoints_of_every_family(family, kind, t
     assert answers == reference_answers(trained, processor, images, 0.5, "learned")
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_plugin_runs_a_training_free_selector_on_a_stock_checkpoint(family, tmp_path_factory):
     from modeling_visionselector import VisionSelectorForConditionalGeneration
 
     from visionselector.lmms_eval_model import VisionSelector
 
-    folders, _, processor = family_folders(family, tmp_path_factory.getbasetemp() / "families")
+    folders, _, _ = family_folders(family, tmp_path_factory.getbasetemp() / "families")
     lmm = VisionSelector(pretrained=str(folders["stock"]), retention_ratio=0.5, selector="divprune", device="cpu", batch_size=2)
     images = family_images(family)
     answers = [result.text for result in lmm.generate_until(fake_requests(lmm, images))]
     reference = VisionSelectorForConditionalGeneration.from_backbone(str(folders["stock"])).eval()
-    assert answers == reference_answers(reference, processor, images, 0.5, "divprune")
+    # the processor the plugin loaded from the folder: for a stock Qwen3.5 folder, AutoTokenizer picks the registered
+    # Qwen3_5Tokenizer over the tiny word-level tokenizer saved there
+    assert answers == reference_answers(reference, lmm.processor, images, 0.5, "divprune")
     with pytest.raises(ValueError, match="stock checkpoint without a trained scorer"):
         VisionSelector(pretrained=str(folders["stock"]), selector="learned", device="cpu")
 

@@ -8,6 +8,7 @@ import torch
 
 from modeling_visionselector import VisionSelectorForConditionalGeneration
 from visionselector.cli import EMBEDDED_CHECKPOINT
+from visionselector.tiny import FAMILIES, tiny_model, tiny_processor
 from visionselector_training.smoke import cli, fresh_scorer
 
 LINE = r"held-out accuracy at retention 0\.2 \(50 samples\): {} scorer (\d+\.\d)%"
@@ -41,3 +42,18 @@ def test_smoke_run_learns_the_demo_task(tmp_path, capsys):
     assert before < 0.6 and after >= 0.9
     for key in ("reg_loss", "mask_sharpness", "score_std"):
         assert f"'{key}'" in out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_smoke_run_accepts_a_checkpoint_of_every_family(family, tmp_path, capsys):
+    """`--model_name_or_path` of a tiny random VisionSelector of any family: the run trains its scorer (2 steps)."""
+    torch.manual_seed(0)
+    model = VisionSelectorForConditionalGeneration.from_backbone(tiny_model(family, seed=0))
+    model.save_pretrained(tmp_path / "model")
+    tiny_processor(family=family).save_pretrained(tmp_path / "model")
+    result = cli([
+        "--model_name_or_path", str(tmp_path / "model"), "--output_dir", str(tmp_path / "run"), "--eval_samples", "2",
+        "--max_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps", "1",
+    ])
+    assert set(result) == {"before", "after", "random", "seconds"}
+    assert "2 steps in" in capsys.readouterr().out

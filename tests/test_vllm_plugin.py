@@ -733,6 +733,13 @@ def test_a_prompt_that_ends_with_placeholders_is_refused_by_the_processor(engine
         engine.processor(prompt_ids, engine.processor.info.parse_mm_data(mm_data(["wide"])), hf_processor_mm_kwargs={})
 
 
+def test_every_family_of_the_model_package_is_registered_served_or_refused():
+    """A family added to the model package without a vLLM entry would fall back to vLLM's Transformers backend."""
+    from modeling_visionselector import VISIONSELECTOR_CLASSES
+
+    assert {model_class.__name__ for model_class in VISIONSELECTOR_CLASSES.values()} <= set(ARCHITECTURES)
+
+
 @pytest.mark.parametrize(
     "architecture", sorted(name for name, target in ARCHITECTURES.items() if target.endswith(":UnservedVisionSelectorFamily"))
 )

@@ -90,13 +90,17 @@ def main(smoke_args: SmokeArguments, training_args) -> dict[str, float]:
     """Trains a fresh scorer on the demo task; returns the accuracies before and after."""
     from transformers import AutoProcessor
 
-    from modeling_visionselector import VisionSelectorForConditionalGeneration
+    from transformers import PreTrainedConfig
+
+    from modeling_visionselector import visionselector_class_for
     from visionselector.cli import EMBEDDED_CHECKPOINT
     from visionselector.tasks import make_samples, task_dataset, task_inputs
     from visionselector_training import VisionSelectorSFTTrainer
 
     checkpoint = smoke_args.model_name_or_path or str(EMBEDDED_CHECKPOINT)
-    model = VisionSelectorForConditionalGeneration.from_pretrained(checkpoint)
+    config_dict, _ = PreTrainedConfig.get_config_dict(checkpoint)
+    # the VisionSelector class of the checkpoint's family
+    model = visionselector_class_for(config_dict.get("model_type"), checkpoint).from_pretrained(checkpoint)
     processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=False)
     fresh_scorer(model, training_args.seed)
     model.config.base_model_name_or_path = checkpoint  # what a scorer-only checkpoint would point at

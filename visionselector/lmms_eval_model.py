@@ -99,7 +99,7 @@ def load_model(
         return AutoModel.from_pretrained(pretrained, trust_remote_code=True, **loading), True
     from modeling_visionselector import VisionSelectorForConditionalGeneration
 
-    # the VisionSelector class of the backbone's family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE)
+    # the VisionSelector class of the backbone's family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL(-MoE), Qwen3.5(-MoE))
     return VisionSelectorForConditionalGeneration.from_backbone(pretrained, **loading), False
 
 

@@ -13,13 +13,17 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
     Qwen3VLMoeConfig,
     Qwen3VLMoeForConditionalGeneration,
 )
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 # Special token ids of `tiny_tokenizer`, the same in every family's tiny config.
 TOKEN_IDS = dict(image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4)
 
@@ -150,11 +154,58 @@ def tiny_qwen3_vl_config(
     return config_class(text_config=text_config, vision_config=vision_config, **TOKEN_IDS, **overrides)
 
 
+def tiny_qwen3_5_config(
+    text_hidden_size: int = 32,
+    vision_hidden_size: int = 32,
+    vocab_size: int = 128,
+    num_hidden_layers: int = 3,
+    vision_depth: int = 2,
+    moe: bool = False,
+    **overrides,
+) -> Qwen3_5Config | Qwen3_5MoeConfig:
+    """A Qwen3.5 (with `moe`, Qwen3.5-MoE: 4 experts, 2 per token, and a shared expert) config at toy width.
+
+    The vision tower is Qwen3-VL's without deepstack (patch 16). The language model alternates Gated DeltaNet
+    linear-attention layers with full attention, starting and ending with a linear one (3 layers: linear, full,
+    linear), so a recurrent layer feeds full attention and one reads its output; full attention uses gated queries
+    and rotates half of each head (`partial_rotary_factor`), as the released models do (a quarter of 256 there).
+    """
+    vision_config = dict(
+        depth=vision_depth,
+        hidden_size=vision_hidden_size,
+        intermediate_size=2 * vision_hidden_size,
+        num_heads=vision_hidden_size // HEAD_DIM,
+        out_hidden_size=text_hidden_size,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=64,  # an 8 x 8 grid of learned positions, interpolated to each image
+    )
+    head_dim = 2 * HEAD_DIM  # rotary on half of it: the mRoPE sections cover 4 frequencies
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2], "mrope_interleaved": True,
+            "partial_rotary_factor": 0.5}
+    layer_types = ["full_attention" if i % 2 else "linear_attention" for i in range(num_hidden_layers)]
+    linear = dict(linear_conv_kernel_dim=4, linear_key_head_dim=HEAD_DIM, linear_value_head_dim=HEAD_DIM,
+                  linear_num_key_heads=2, linear_num_value_heads=4)
+    experts = dict(moe_intermediate_size=text_hidden_size, shared_expert_intermediate_size=text_hidden_size,
+                   num_experts=4, num_experts_per_tok=2) if moe else {}
+    text_config = _text_config(
+        text_hidden_size, vocab_size, num_hidden_layers, head_dim=head_dim, num_attention_heads=text_hidden_size // head_dim,
+        num_key_value_heads=1, rope_parameters=rope, layer_types=layer_types, **linear, **experts,
+    )
+    if moe:
+        text_config.pop("intermediate_size")  # the MoE text config has none: its MLPs are the experts
+    config_class = Qwen3_5MoeConfig if moe else Qwen3_5Config
+    return config_class(text_config=text_config, vision_config=vision_config, **TOKEN_IDS, **overrides)
+
+
 _FAMILY_BUILDERS = {
     "qwen2_vl": (tiny_qwen2_vl_config, Qwen2VLForConditionalGeneration),
     "qwen2_5_vl": (tiny_qwen2_5_vl_config, Qwen2_5_VLForConditionalGeneration),
     "qwen3_vl": (tiny_qwen3_vl_config, Qwen3VLForConditionalGeneration),
     "qwen3_vl_moe": (lambda **kwargs: tiny_qwen3_vl_config(moe=True, **kwargs), Qwen3VLMoeForConditionalGeneration),
+    "qwen3_5": (tiny_qwen3_5_config, Qwen3_5ForConditionalGeneration),
+    "qwen3_5_moe": (lambda **kwargs: tiny_qwen3_5_config(moe=True, **kwargs), Qwen3_5MoeForConditionalGeneration),
 }
 
 

@@ -29,6 +29,8 @@ ARCHITECTURES = {
         for architecture in (
             "VisionSelectorQwen2VLForConditionalGeneration",
             "VisionSelectorQwen3VLMoeForConditionalGeneration",
+            "VisionSelectorQwen3_5ForConditionalGeneration",
+            "VisionSelectorQwen3_5MoeForConditionalGeneration",
         )
     },
 }

@@ -8,6 +8,8 @@ One configuration class per backbone family, each a subclass of the stock one wi
 | `VisionSelectorConfig` | `Qwen2_5_VLConfig` | `visionselector_qwen2_5_vl` |
 | `VisionSelectorQwen3VLConfig` | `Qwen3VLConfig` | `visionselector_qwen3_vl` |
 | `VisionSelectorQwen3VLMoeConfig` | `Qwen3VLMoeConfig` | `visionselector_qwen3_vl_moe` |
+| `VisionSelectorQwen3_5Config` | `Qwen3_5Config` | `visionselector_qwen3_5` |
+| `VisionSelectorQwen3_5MoeConfig` | `Qwen3_5MoeConfig` | `visionselector_qwen3_5_moe` |
 
 The fields VisionSelector adds are declared once, in `VisionSelectorFields`.
 """
@@ -29,6 +31,8 @@ from transformers import (  # noqa: E402
     PreTrainedConfig,
     Qwen2_5_VLConfig,
     Qwen2VLConfig,
+    Qwen3_5Config,
+    Qwen3_5MoeConfig,
     Qwen3VLConfig,
     Qwen3VLMoeConfig,
 )
@@ -166,10 +170,34 @@ class VisionSelectorQwen3VLMoeConfig(VisionSelectorFields, Qwen3VLMoeConfig):
     model_class_name = "VisionSelectorQwen3VLMoeForConditionalGeneration"
 
 
+@strict
+class VisionSelectorQwen3_5Config(VisionSelectorFields, Qwen3_5Config):
+    r"""
+    Configuration of a [`VisionSelectorQwen3_5ForConditionalGeneration`]: every field of [`Qwen3_5Config`] plus
+    those of [`VisionSelectorFields`].
+    """
+
+    model_type = "visionselector_qwen3_5"
+    model_class_name = "VisionSelectorQwen3_5ForConditionalGeneration"
+
+
+@strict
+class VisionSelectorQwen3_5MoeConfig(VisionSelectorFields, Qwen3_5MoeConfig):
+    r"""
+    Configuration of a [`VisionSelectorQwen3_5MoeForConditionalGeneration`]: every field of [`Qwen3_5MoeConfig`]
+    plus those of [`VisionSelectorFields`].
+    """
+
+    model_type = "visionselector_qwen3_5_moe"
+    model_class_name = "VisionSelectorQwen3_5MoeForConditionalGeneration"
+
+
 # The stock `model_type` each configuration class wraps.
 CONFIG_CLASSES = {
     "qwen2_vl": VisionSelectorQwen2VLConfig,
     "qwen2_5_vl": VisionSelectorConfig,
     "qwen3_vl": VisionSelectorQwen3VLConfig,
     "qwen3_vl_moe": VisionSelectorQwen3VLMoeConfig,
+    "qwen3_5": VisionSelectorQwen3_5Config,
+    "qwen3_5_moe": VisionSelectorQwen3_5MoeConfig,
 }

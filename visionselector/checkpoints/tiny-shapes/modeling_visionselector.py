@@ -14,6 +14,8 @@ stock class and configuration:
 | `VisionSelectorForConditionalGeneration` | `Qwen2_5_VLForConditionalGeneration` |
 | `VisionSelectorQwen3VLForConditionalGeneration` | `Qwen3VLForConditionalGeneration` |
 | `VisionSelectorQwen3VLMoeForConditionalGeneration` | `Qwen3VLMoeForConditionalGeneration` |
+| `VisionSelectorQwen3_5ForConditionalGeneration` | `Qwen3_5ForConditionalGeneration` |
+| `VisionSelectorQwen3_5MoeForConditionalGeneration` | `Qwen3_5MoeForConditionalGeneration` |
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from safetensors.torch import load_file
 from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLForConditionalGeneration,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeForConditionalGeneration,
     Qwen3VLForConditionalGeneration,
     Qwen3VLMoeForConditionalGeneration,
 )
@@ -50,6 +54,8 @@ from .configuration_visionselector import (
     VisionSelectorConfig,
     VisionSelectorFields,
     VisionSelectorQwen2VLConfig,
+    VisionSelectorQwen3_5Config,
+    VisionSelectorQwen3_5MoeConfig,
     VisionSelectorQwen3VLConfig,
     VisionSelectorQwen3VLMoeConfig,
 )
@@ -254,7 +260,7 @@ class VisionSelectorMixin:
         """A VisionSelector around a stock Qwen-VL model, with the backbone's weights and a fresh scorer.
 
         Whatever class it is called on, it returns the VisionSelector class of the backbone's family (Qwen2-VL,
-        Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE).
+        Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5 or Qwen3.5-MoE).
 
         Args:
             model_or_path (stock `*ForConditionalGeneration` or `str`): a loaded backbone, whose tensors the new
@@ -1141,12 +1147,33 @@ class VisionSelectorQwen3VLMoeForConditionalGeneration(VisionSelectorMixin, Qwen
     stock_class = Qwen3VLMoeForConditionalGeneration
 
 
+class VisionSelectorQwen3_5ForConditionalGeneration(VisionSelectorMixin, Qwen3_5ForConditionalGeneration):
+    """Qwen3.5 with a Learnable Importance Scorer under `scorer.`; everything else is the stock model.
+
+    Its language model mixes Gated DeltaNet (linear-attention, recurrent) layers with full attention. Dropped tokens
+    are removed from the sequence, not masked, so the recurrent layers never step through them: the pruned model is
+    the stock model run on the kept tokens alone (at their original 3D positions).
+    """
+
+    config_class = VisionSelectorQwen3_5Config
+    stock_class = Qwen3_5ForConditionalGeneration
+
+
+class VisionSelectorQwen3_5MoeForConditionalGeneration(VisionSelectorMixin, Qwen3_5MoeForConditionalGeneration):
+    """Qwen3.5-MoE with a Learnable Importance Scorer under `scorer.`; as Qwen3.5, with MoE MLPs."""
+
+    config_class = VisionSelectorQwen3_5MoeConfig
+    stock_class = Qwen3_5MoeForConditionalGeneration
+
+
 # The VisionSelector class of each stock `model_type`.
 VISIONSELECTOR_CLASSES = {
     "qwen2_vl": VisionSelectorQwen2VLForConditionalGeneration,
     "qwen2_5_vl": VisionSelectorForConditionalGeneration,
     "qwen3_vl": VisionSelectorQwen3VLForConditionalGeneration,
     "qwen3_vl_moe": VisionSelectorQwen3VLMoeForConditionalGeneration,
+    "qwen3_5": VisionSelectorQwen3_5ForConditionalGeneration,
+    "qwen3_5_moe": VisionSelectorQwen3_5MoeForConditionalGeneration,
 }
 
 
@@ -1189,6 +1216,8 @@ __all__ = [
     "VisionSelectorQwen2VLForConditionalGeneration",
     "VisionSelectorQwen3VLForConditionalGeneration",
     "VisionSelectorQwen3VLMoeForConditionalGeneration",
+    "VisionSelectorQwen3_5ForConditionalGeneration",
+    "VisionSelectorQwen3_5MoeForConditionalGeneration",
     "VisionSelectorOutput",
     "VisualTokenSelection",
     "PrunedInputs",
