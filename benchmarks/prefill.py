@@ -492,16 +492,16 @@ def peak_memory(fn, device: torch.device):
 
 
 def _tensor_bytes(value) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
+    if isinstance(value, torch.Tensor):  # states only: integer bookkeeping (5.25's lengths) is not cache memory
+        return value.numel() * value.element_size() if value.is_floating_point() else 0
     if isinstance(value, dict):
         value = list(value.values())
     return sum(_tensor_bytes(item) for item in value) if isinstance(value, (list, tuple)) else 0
 
 
 def cache_bytes(cache) -> int:
-    """Bytes of every tensor the cache holds: keys and values, and (Qwen3.5's linear-attention layers) the
-    convolution and recurrent states, whose size does not grow with the sequence."""
+    """Bytes of every floating-point tensor the cache holds: keys and values, and (Qwen3.5's linear-attention layers)
+    the convolution and recurrent states, whose size does not grow with the sequence."""
     return sum(_tensor_bytes(vars(layer)) for layer in cache.layers)
 
 
