@@ -8,13 +8,16 @@ parts of the loss, and keeps intermediate checkpoints down to the scorer.
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import warnings
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedConfig, TrainingArguments, set_seed
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 from trl import SFTTrainer
 from trl.chat_template_utils import get_training_chat_template
@@ -45,6 +48,8 @@ _BACKBONE_LOADING_KWARGS = ("revision", "dtype", "device_map", "attn_implementat
 SATURATED_SHARPNESS = 0.95
 # ... within this share of the run means the selection locked in before the scorer learned what matters.
 EARLY_SHARE = 0.2
+# `checkpoint-N` is written as `.staging-checkpoint-N/checkpoint-N`, then moved into place.
+STAGING_PREFIX = ".staging-"
 
 
 def load_visionselector(model_name_or_path: str, **kwargs):
@@ -101,6 +106,8 @@ class VisionSelectorSFTTrainer(SFTTrainer):
 
     Intermediate checkpoints (`checkpoint-N/`) are scorer-only artifacts, as `save_scorer` writes them (loadable with
     `from_pretrained`), plus the optimizer, scheduler, RNG and trainer states; `save_model` writes the full model.
+    Each is written under a staging name and renamed to `checkpoint-N` when complete, so `resume_from_checkpoint=True`
+    never picks a half-written one after a crash.
 
     Args:
         model (a VisionSelector model, a stock Qwen-VL model of a supported family, or `str`):
@@ -430,12 +437,54 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         # DeepSpeed and FSDP shard or wrap the parameters and save through their own engines.
         return self.args.save_scorer_only_checkpoints and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
 
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is written: the staging folder, so that `Trainer` writes `checkpoint-N` inside it.
+        staging = getattr(self, "_checkpoint_staging_dir", None)
+        return staging if staging is not None else super()._get_output_dir(trial)
+
     def _save_checkpoint(self, model, trial):
-        self._saving_checkpoint = True
+        """Writes `checkpoint-N` whole or not at all: a crash (even SIGKILL) mid-save leaves no `checkpoint-N`.
+
+        `Trainer` writes the folder in place, and `get_last_checkpoint` (`resume_from_checkpoint=True`) takes the
+        highest number even when that folder is incomplete. Here `Trainer` writes it into `.staging-checkpoint-N/`
+        next to it, and the complete folder is then renamed to `checkpoint-N` (atomic on one filesystem); the
+        regular expression of `get_last_checkpoint` never matches the staging name.
+        """
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final, staging = os.path.join(run_dir, name), os.path.join(run_dir, f"{STAGING_PREFIX}{name}")
+        if self.args.should_save:
+            for leftover in glob.glob(os.path.join(glob.escape(run_dir), f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-*")):
+                shutil.rmtree(leftover)  # the remains of saves that crashed
+        self.accelerator.wait_for_everyone()  # every rank writes its RNG state: none may write into the old folder
+        self._saving_checkpoint, self._checkpoint_staging_dir = True, staging
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            self._saving_checkpoint = False
+            self._saving_checkpoint, self._checkpoint_staging_dir = False, None
+        self.accelerator.wait_for_everyone()  # every rank has written its part
+        if not self.args.should_save:
+            return
+        written = os.path.join(staging, name)
+        best = self.state.best_model_checkpoint
+        if best is not None and os.path.dirname(best) == staging:  # `Trainer` found the best in the folder written
+            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            self.state.save_to_json(os.path.join(written, TRAINER_STATE_NAME))
+        _fsync_tree(written)
+        if os.path.isdir(final):
+            # The same step saved again: the old folder leaves under the staging name first, so that a crash
+            # in between leaves either folder whole under `checkpoint-N`, or none.
+            os.rename(final, os.path.join(staging, "replaced"))
+        os.rename(written, final)
+        _fsync_dir(run_dir)
+        shutil.rmtree(staging)
+        # `Trainer` rotated the staging folder; the checkpoints to rotate are in `run_dir`.
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
+        )
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Writes the full model with `save_pretrained`; inside a checkpoint, the scorer-only artifact (see the config)."""
@@ -478,6 +527,25 @@ def _first_example(dataset) -> dict:
     if example is None:
         raise ValueError("`train_dataset` is empty: there is nothing to train the scorer on.")
     return example
+
+
+def _fsync_dir(path: str) -> None:
+    """Makes the entries of folder `path` (new files, renames) durable."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(path: str) -> None:
+    """Flushes every file under `path`, and the folders themselves, to disk: a power cut after the rename that
+    follows cannot leave a `checkpoint-N` with empty files."""
+    for folder, _, files in os.walk(path):
+        for file in files:
+            with open(os.path.join(folder, file), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(folder)
 
 
 def _is_visionselector(model) -> bool:
