@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from modeling_visionselector import validate_retention_ratio
 from trl import SFTConfig
 
-from .schedule import REG_WEIGHT_SCHEDULES, validate_reg_weight, validate_reg_weight_schedule
+from .schedule import (
+    MASK_TEMPERATURE_SCHEDULES,
+    REG_WEIGHT_SCHEDULES,
+    validate_mask_temperature,
+    validate_mask_temperature_schedule,
+    validate_reg_weight,
+    validate_reg_weight_schedule,
+)
 
 
 @dataclass
@@ -36,6 +43,18 @@ class VisionSelectorSFTConfig(SFTConfig):
             Weight lambda of the mask regularisation at the last step, >= 0.
         reg_weight_schedule (`str`, *optional*, defaults to `"linear"`):
             How lambda moves from start to end: `"linear"` or `"cosine"`.
+        mask_temperature_schedule (`str`, *optional*, defaults to `"geometric"`):
+            How sharp the differentiable top-k mask is over the run. `"geometric"`: the mask is taken over each
+            image's/video's standardised scores divided by a temperature that falls geometrically from
+            `mask_temperature_start` to `mask_temperature_end` (soft early, hard late), so its sharpness follows the
+            schedule whatever the scale of the scores, of the backbone's features or of the learning rate. `"paper"`:
+            the paper's top-k over raw scores, whose sharpness is the scores' spread (it grows with learning rate x
+            feature norm, and a mask that saturates in the first steps locks in its selection). Inference is the
+            same either way: the hard top-k of the scores.
+        mask_temperature_start (`float`, *optional*, defaults to `1.0`):
+            Temperature of the `"geometric"` schedule at the first step, > 0.
+        mask_temperature_end (`float`, *optional*, defaults to `0.1`):
+            Temperature of the `"geometric"` schedule at the last step, > 0.
         save_scorer_only_checkpoints (`bool`, *optional*, defaults to `True`):
             Whether intermediate checkpoints hold only the scorer weights (with the optimizer, scheduler, RNG and
             trainer states), not a copy of the frozen backbone. `save_model` always writes the full model.
@@ -118,6 +137,20 @@ class VisionSelectorSFTConfig(SFTConfig):
         default="linear",
         metadata={"help": "How lambda moves from start to end over the run.", "choices": list(REG_WEIGHT_SCHEDULES)},
     )
+    mask_temperature_schedule: str = field(
+        default="geometric",
+        metadata={
+            "help": "Sharpness of the differentiable top-k over the run: 'geometric' (standardised scores over a "
+            "temperature falling from mask_temperature_start to mask_temperature_end) or 'paper' (raw scores).",
+            "choices": list(MASK_TEMPERATURE_SCHEDULES),
+        },
+    )
+    mask_temperature_start: float = field(
+        default=1.0, metadata={"help": "Temperature of the differentiable top-k at the first step ('geometric')."}
+    )
+    mask_temperature_end: float = field(
+        default=0.1, metadata={"help": "Temperature of the differentiable top-k at the last step ('geometric')."}
+    )
     save_scorer_only_checkpoints: bool = field(
         default=True,
         metadata={
@@ -140,6 +173,9 @@ class VisionSelectorSFTConfig(SFTConfig):
         self.reg_weight_start = validate_reg_weight(self.reg_weight_start, "reg_weight_start")
         self.reg_weight_end = validate_reg_weight(self.reg_weight_end, "reg_weight_end")
         self.reg_weight_schedule = validate_reg_weight_schedule(self.reg_weight_schedule)
+        self.mask_temperature_schedule = validate_mask_temperature_schedule(self.mask_temperature_schedule)
+        self.mask_temperature_start = validate_mask_temperature(self.mask_temperature_start, "mask_temperature_start")
+        self.mask_temperature_end = validate_mask_temperature(self.mask_temperature_end, "mask_temperature_end")
 
 
 __all__ = ["VisionSelectorSFTConfig"]

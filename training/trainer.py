@@ -35,7 +35,7 @@ from .config import VisionSelectorSFTConfig
 from .data import VisionLanguageCollator, normalize_dataset, uses_vision_language_collator
 from .losses import mask_hard_distance, mask_regularization, mask_sharpness
 from .quantization import check_scorer_trainable
-from .schedule import annealed_reg_weight
+from .schedule import annealed_mask_temperature, annealed_reg_weight
 
 logger = logging.get_logger(__name__)
 
@@ -286,6 +286,14 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             progress, self.args.reg_weight_start, self.args.reg_weight_end, self.args.reg_weight_schedule
         )
 
+    @property
+    def mask_temperature(self) -> float | None:
+        """The temperature of the differentiable top-k at the current step; `None` for the paper's raw scores."""
+        progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
+        return annealed_mask_temperature(
+            progress, self.args.mask_temperature_start, self.args.mask_temperature_end, self.args.mask_temperature_schedule
+        )
+
     def _log_metric(self, mode: str, name: str, value: torch.Tensor | float) -> float:
         value = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).detach().reshape(1)
         mean = self.accelerator.gather(value).mean().item()
@@ -333,7 +341,9 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         # and the model returns the labels pruned alike.
         training = self.model.training
         if training:
-            extra = {"retention_ratio": self.train_retention_ratio}
+            extra = {"retention_ratio": self.train_retention_ratio, "mask_temperature": self.mask_temperature}
+            if extra["mask_temperature"] is not None:
+                self._log_metric(mode, "mask_temperature", extra["mask_temperature"])
             if self.args.train_retention_ratio_min is not None:
                 self._log_metric(mode, "train_retention_ratio", extra["retention_ratio"])
         else:
@@ -372,10 +382,11 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             self._log_metric(mode, "reg_weight", reg_weight)
             self._log_metric(mode, "mask_hard_distance", mask_hard_distance(outputs.soft_mask, outputs.hard_mask))
             sharpness = self._log_metric(mode, "mask_sharpness", mask_sharpness(outputs.soft_mask))
-            self._warn_if_saturated(sharpness)
+            score_std = None
             if outputs.get("scores") is not None:
                 items = torch.split(outputs.scores.detach().float(), list(outputs.item_lengths))
-                self._log_metric(mode, "score_std", torch.stack([item.std(correction=0) for item in items]).mean())
+                score_std = self._log_metric(mode, "score_std", torch.stack([item.std(correction=0) for item in items]).mean())
+            self._warn_if_saturated(sharpness, score_std)
         if loss is None:
             loss = outputs.loss
 
@@ -404,22 +415,34 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         self._token_counts[mode] = [0, 0]
         super().log(logs, start_time)
 
-    def _warn_if_saturated(self, sharpness: float) -> None:
+    def _warn_if_saturated(self, sharpness: float, score_std: float | None) -> None:
         step, total = self.state.global_step, self.state.max_steps
         if self._warned_saturation or not self.model.training or not total or step >= EARLY_SHARE * total:
             return
         if sharpness > SATURATED_SHARPNESS:
             self._warned_saturation = True
-            if self.accelerator.is_main_process:
-                warnings.warn(
-                    f"The soft top-k mask saturated early: mask_sharpness {sharpness:.3f} > {SATURATED_SHARPNESS} at "
-                    f"step {step} of {total}. The selection is locking in; if that happens before the scorer has "
-                    f"learned which tokens matter, training rarely recovers and held-out quality stays near random "
-                    f"selection. The likely cause is a learning rate too high (learning_rate="
-                    f"{self.args.learning_rate:g}): check the selection on held-out data, and compare a run at a "
-                    f"lower rate (e.g. 10x) or with a longer warmup.",
-                    stacklevel=2,
+            if not self.accelerator.is_main_process:
+                return
+            spread = "" if score_std is None else f", score_std {score_std:.3g}"
+            if self.args.mask_temperature_schedule == "paper":
+                cause = (
+                    "With mask_temperature_schedule='paper' the mask's sharpness is the spread of the raw scores, "
+                    f"which grows with learning rate x feature norm (learning_rate={self.args.learning_rate:g}). Use "
+                    "mask_temperature_schedule='geometric' (the default), or a lower learning rate (e.g. 10x)."
                 )
+            else:
+                cause = (
+                    f"The schedule's temperature is {self.mask_temperature:.3g} (mask_temperature_start="
+                    f"{self.args.mask_temperature_start:g}): raise mask_temperature_start (e.g. to 1.0) so the "
+                    f"mask starts soft, or lower reg_weight_start (now {self.args.reg_weight_start:g})."
+                )
+            warnings.warn(
+                f"The soft top-k mask saturated early: mask_sharpness {sharpness:.3f} > {SATURATED_SHARPNESS} at "
+                f"step {step} of {total}{spread}. The selection is locking in; if that happens before the scorer "
+                f"has learned which tokens matter, training rarely recovers and held-out quality stays near random "
+                f"selection. {cause}",
+                stacklevel=2,
+            )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys: list[str] | None = None):
         """Evaluation on the pruned sequence: the logits and the labels returned are both the pruned ones."""
