@@ -433,7 +433,7 @@ def test_saturating_mask_warns_once_naming_the_learning_rate(tmp_path, dataset):
 
 def test_default_schedule_keeps_the_mask_soft_early_at_any_learning_rate(tmp_path, dataset):
     """The rate that saturates the paper's top-k above does not saturate the default one: its sharpness follows the
-    temperature schedule (logged as `mask_temperature`, 1.0 -> 0.1), not the scores' scale."""
+    temperature schedule (logged as `mask_temperature`, 1.0 -> 0.03), not the scores' scale."""
     trainer = make_trainer(tmp_path, dataset, max_steps=20, learning_rate=10.0, warmup_steps=0, lr_scheduler_type="constant")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
@@ -444,7 +444,7 @@ def test_default_schedule_keeps_the_mask_soft_early_at_any_learning_rate(tmp_pat
     temperatures = [entry["mask_temperature"] for entry in logs]
     assert temperatures[0] == pytest.approx(1.0)
     assert all(later < earlier for earlier, later in zip(temperatures, temperatures[1:]))
-    assert temperatures[-1] == pytest.approx(0.1 ** (19 / 20), rel=1e-5)  # step 19 of 20
+    assert temperatures[-1] == pytest.approx(0.03 ** (19 / 20), rel=1e-5)  # step 19 of 20
 
 
 def test_a_sharp_schedule_warns_naming_the_temperature(tmp_path, dataset):

@@ -53,7 +53,7 @@ class VisionSelectorSFTConfig(SFTConfig):
             same either way: the hard top-k of the scores.
         mask_temperature_start (`float`, *optional*, defaults to `1.0`):
             Temperature of the `"geometric"` schedule at the first step, > 0.
-        mask_temperature_end (`float`, *optional*, defaults to `0.1`):
+        mask_temperature_end (`float`, *optional*, defaults to `0.03`):
             Temperature of the `"geometric"` schedule at the last step, > 0.
         save_scorer_only_checkpoints (`bool`, *optional*, defaults to `True`):
             Whether intermediate checkpoints hold only the scorer weights (with the optimizer, scheduler, RNG and
@@ -149,7 +149,7 @@ class VisionSelectorSFTConfig(SFTConfig):
         default=1.0, metadata={"help": "Temperature of the differentiable top-k at the first step ('geometric')."}
     )
     mask_temperature_end: float = field(
-        default=0.1, metadata={"help": "Temperature of the differentiable top-k at the last step ('geometric')."}
+        default=0.03, metadata={"help": "Temperature of the differentiable top-k at the last step ('geometric')."}
     )
     save_scorer_only_checkpoints: bool = field(
         default=True,
