@@ -233,8 +233,8 @@ def test_labels_at_vision_tokens_are_ignored(tmp_path, dataset):
     raw = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
     with torch.no_grad():
         loss = trainer.compute_loss(model, dict(raw))
-        expected = model(**batch).loss
-        unmasked = model(**raw).loss
+        expected = model(**batch, mask_temperature=trainer.mask_temperature).loss
+        unmasked = model(**raw, mask_temperature=trainer.mask_temperature).loss
     torch.testing.assert_close(loss, expected)
     assert not torch.allclose(loss, unmasked)
 

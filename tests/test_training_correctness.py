@@ -338,7 +338,8 @@ def test_loss_is_the_cross_entropy_of_the_answer_tokens(tmp_path):
     batch = first_batch(trainer)
     with torch.no_grad():
         loss = trainer.compute_loss(model, dict(batch))
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs, mask_temperature=trainer.mask_temperature).logits  # the trainer's soft mask
     end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     ids = batch["input_ids"]
     # by hand: the positions right after "<|im_start|> assistant" up to and including the next <|im_end|>
@@ -392,6 +393,12 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, assistant_only_lo
         gradients.append(recorder.gradients)
     assert set(gradients[0]) == {n for n, _ in trainer.model.named_parameters() if n.startswith("scorer.")}
     for name, gradient in gradients[0].items():
+        if name == "scorer.q_proj.bias":
+            # it shifts all scores of an item alike, which the standardised top-k removes: its gradient is zero up
+            # to rounding in both runs (and rounding differs with the split)
+            scale = gradients[0]["scorer.q_proj.weight"].abs().max()
+            assert gradient.abs().max() < 1e-5 * scale and gradients[1][name].abs().max() < 1e-5 * scale
+            continue
         torch.testing.assert_close(gradients[1][name], gradient, rtol=1e-4, atol=1e-9, msg=name)
 
 
