@@ -7,6 +7,24 @@ Usage (the committed tables, `benchmarks/results/sweep_scorer*.md`, 2 jobs on 2 
     python benchmarks/sweep_scorer.py --seeds 0,1 --lrs 3e-3 --init-stds 1e-4 --train-ratios 0.2 \
         --train-ratio-mins 0.1 --eval-samples 200 --jobs 2 --out benchmarks/results/sweep_scorer_range.json
 
+The tables of the temperature schedule (issue 18; 1 job on a shared 2-core machine, 23, 14, 6, 13 and 3 x 3 minutes):
+    python benchmarks/sweep_scorer.py --tasks square:1,circle:30,triangle:10 --seeds 0,1 --lrs 1e-4,1e-3,1e-2 \
+        --init-stds default --mask-schedules paper,geometric --mask-temp-ends 0.1 --train-ratios 0.1 --steps 100 \
+        --eval-samples 100 --out benchmarks/results/sweep_scorer_tasks.json
+    python benchmarks/sweep_scorer.py --tasks square:1,circle:30,triangle:10 --seeds 0,1 --lrs 1e-4,1e-3,1e-2 \
+        --init-stds default --mask-schedules geometric --mask-temp-ends 0.03 --train-ratios 0.1 --steps 100 \
+        --eval-samples 100 --out benchmarks/results/sweep_scorer_tasks_default.json
+    python benchmarks/sweep_scorer.py --tasks square:1 --seeds 0,1 --lrs 1e-3 --init-stds default --train-ratios 0.1 \
+        --mask-temp-starts 1.0,0.3 --mask-temp-ends 0.1,0.03 --steps 100 --eval-samples 100 \
+        --out benchmarks/results/sweep_scorer_temperature.json
+    python benchmarks/sweep_scorer.py --tasks square:1,circle:30,triangle:10 --seeds 0 --lrs 1e-3,1e-4,1e-2 \
+        --init-stds default --train-ratios 0.1 --steps 400 --eval-samples 100 --out benchmarks/results/sweep_scorer_tasks_400.json
+    python benchmarks/sweep_scorer.py --tasks triangle:10 --seeds 0 --lrs 1e-3 --init-stds default --train-ratios 0.1 \
+        --mask-schedules paper --steps 400 --eval-samples 100 --out benchmarks/results/sweep_scorer_tasks_400_paper_triangle.json
+        (and circle:30 at 1e-4, square:1 at 1e-2)
+(The first table ran with the schedule's end temperature at its first default, 0.1, and the 400-step one with
+`mask_temperature_end` 0.03 and the lr given; a task is SHAPE:SCALE, see `--tasks`.)
+
 Each run trains a fresh scorer on the frozen backbone of `--model` (a stock Qwen2.5-VL folder, or a VisionSelector
 folder whose own scorer is dropped; default: the embedded checkpoint) with `VisionSelectorSFTTrainer` and
 `VisionSelectorSFTConfig`'s defaults, except for the swept fields (`--lrs`, `--init-stds`, `--warmups`,

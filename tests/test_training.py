@@ -75,7 +75,7 @@ def first_batch(trainer):
 
 def test_config_defaults_follow_the_sweep_and_the_paper(tmp_path):
     args = make_args(tmp_path)
-    assert args.learning_rate == 1e-3  # benchmarks/results/sweep_scorer_tasks*.md
+    assert args.learning_rate == 1e-2  # benchmarks/results/sweep_scorer_tasks*.md
     assert (args.mask_temperature_schedule, args.mask_temperature_start, args.mask_temperature_end) == ("geometric", 1.0, 0.03)
     configs = os.path.join(REPO, "training", "configs")
     with open(os.path.join(configs, "qwen2_5_vl_7b_paper.yaml")) as file:
