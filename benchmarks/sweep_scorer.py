@@ -7,6 +7,24 @@ Usage (the committed tables, `benchmarks/results/sweep_scorer*.md`, 2 jobs on 2 
     python benchmarks/sweep_scorer.py --seeds 0,1 --lrs 3e-3 --init-stds 1e-4 --train-ratios 0.2 \
         --train-ratio-mins 0.1 --eval-samples 200 --jobs 2 --out benchmarks/results/sweep_scorer_range.json
 
+The tables of the temperature schedule (issue 18; 1 job on a shared 2-core machine, 23, 14, 6, 13 and 3 x 3 minutes):
+    python benchmarks/sweep_scorer.py --tasks square:1,circle:30,triangle:10 --seeds 0,1 --lrs 1e-4,1e-3,1e-2 \
+        --init-stds default --mask-schedules paper,geometric --mask-temp-ends 0.1 --train-ratios 0.1 --steps 100 \
+        --eval-samples 100 --out benchmarks/results/sweep_scorer_tasks.json
+    python benchmarks/sweep_scorer.py --tasks square:1,circle:30,triangle:10 --seeds 0,1 --lrs 1e-4,1e-3,1e-2 \
+        --init-stds default --mask-schedules geometric --mask-temp-ends 0.03 --train-ratios 0.1 --steps 100 \
+        --eval-samples 100 --out benchmarks/results/sweep_scorer_tasks_default.json
+    python benchmarks/sweep_scorer.py --tasks square:1 --seeds 0,1 --lrs 1e-3 --init-stds default --train-ratios 0.1 \
+        --mask-temp-starts 1.0,0.3 --mask-temp-ends 0.1,0.03 --steps 100 --eval-samples 100 \
+        --out benchmarks/results/sweep_scorer_temperature.json
+    python benchmarks/sweep_scorer.py --tasks square:1,circle:30,triangle:10 --seeds 0 --lrs 1e-3,1e-4,1e-2 \
+        --init-stds default --train-ratios 0.1 --steps 400 --eval-samples 100 --out benchmarks/results/sweep_scorer_tasks_400.json
+    python benchmarks/sweep_scorer.py --tasks triangle:10 --seeds 0 --lrs 1e-3 --init-stds default --train-ratios 0.1 \
+        --mask-schedules paper --steps 400 --eval-samples 100 --out benchmarks/results/sweep_scorer_tasks_400_paper_triangle.json
+        (and circle:30 at 1e-4, square:1 at 1e-2)
+(The first table ran with the schedule's end temperature at its first default, 0.1, and the 400-step one with
+`mask_temperature_end` 0.03 and the lr given; a task is SHAPE:SCALE, see `--tasks`.)
+
 Each run trains a fresh scorer on the frozen backbone of `--model` (a stock Qwen2.5-VL folder, or a VisionSelector
 folder whose own scorer is dropped; default: the embedded checkpoint) with `VisionSelectorSFTTrainer` and
 `VisionSelectorSFTConfig`'s defaults, except for the swept fields (`--lrs`, `--init-stds`, `--warmups`,
@@ -27,6 +45,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
 import itertools
 import json
@@ -43,7 +62,7 @@ from transformers.utils import logging as transformers_logging
 
 from modeling_visionselector import VisionSelectorForConditionalGeneration
 from visionselector.cli import TRAINING_FREE
-from visionselector.tasks import VALIDATION_SEED, answer_accuracy, make_samples, task_dataset, task_inputs
+from visionselector.tasks import SHAPES, VALIDATION_SEED, answer_accuracy, make_samples, task_dataset, task_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "visionselector" / "checkpoints" / "tiny-shapes"
@@ -59,7 +78,34 @@ AXES = {
     "reg_schedule": ("reg_weight_schedule", "trainer", str, "default"),
     "train_ratio": ("train_retention_ratio", "trainer", float, "default"),
     "train_ratio_min": ("train_retention_ratio_min", "trainer", float, "default"),
+    "mask_schedule": ("mask_temperature_schedule", "trainer", str, "default"),
+    "mask_temp_start": ("mask_temperature_start", "trainer", float, "default"),
+    "mask_temp_end": ("mask_temperature_end", "trainer", float, "default"),
 }
+
+
+def parse_task(spec: str) -> tuple[str, float]:
+    """`"circle:30"` -> ("circle", 30.0): the question's shape and the factor on the backbone's visual features."""
+    shape, _, scale = spec.partition(":")
+    if shape not in SHAPES:
+        raise SystemExit(f"Unknown task shape {shape!r} in {spec!r}; accepted: {SHAPES}.")
+    return shape, float(scale or 1.0)
+
+
+def scaled_backbone(backbone, scale: float):
+    """A copy of `backbone` whose merged visual features (the scorer's input and the LLM's) are `scale` times larger.
+
+    The merger's last linear layer is scaled: a backbone with the same task knowledge and another feature norm (the
+    LLM's layers normalise their inputs, so it still answers; the sweep measures how well).
+    """
+    if scale == 1.0:
+        return backbone
+    backbone = copy.deepcopy(backbone)
+    last = backbone.model.visual.merger.mlp[-1]
+    with torch.no_grad():
+        last.weight.mul_(scale)
+        last.bias.mul_(scale)
+    return backbone
 
 
 def load_backbone(path: Path):
@@ -80,7 +126,9 @@ def load_backbone(path: Path):
     return backbone.eval()
 
 
-def train_and_evaluate(backbone, processor, batches, *, seed: int, setting: dict, steps: int, batch_size: int) -> dict:
+def train_and_evaluate(
+    backbone, processor, batches, *, seed: int, setting: dict, steps: int, batch_size: int, shape: str = "square"
+) -> dict:
     """A fresh scorer trained with `setting` (axis name -> value; None: the default) and scored on `batches`."""
     from visionselector_training import VisionSelectorSFTTrainer
     from visionselector_training.smoke import task_training_args
@@ -92,20 +140,26 @@ def train_and_evaluate(backbone, processor, batches, *, seed: int, setting: dict
     with tempfile.TemporaryDirectory() as output_dir:
         args = task_training_args(output_dir, steps=steps, batch_size=batch_size, seed=seed, disable_tqdm=True, **trainer_fields)
         trainer = VisionSelectorSFTTrainer(
-            model, args=args, train_dataset=task_dataset(steps * batch_size, seed=SCORER_TRAIN_SEED), processing_class=processor
+            model,
+            args=args,
+            train_dataset=task_dataset(steps * batch_size, seed=SCORER_TRAIN_SEED, shape=shape),
+            processing_class=processor,
         )
         trainer.remove_callback(PrinterCallback)  # the log history keeps what the table needs
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
     logs = [entry for entry in trainer.state.log_history if "mask_sharpness" in entry]
-    early = [entry["mask_sharpness"] for entry in logs if entry["step"] <= steps / 5]
+    early_logs = [entry for entry in logs if entry["step"] <= steps / 5]
+    early = [entry["mask_sharpness"] for entry in early_logs]
     model = trainer.model.eval()
     accuracy = {str(ratio): answer_accuracy(model, batches, retention_ratio=ratio) for ratio in EVAL_RATIOS}
     return {
         "accuracy": accuracy,
         "sharpness_first_fifth": early[-1] if early else None,
         "sharpness_end": logs[-1]["mask_sharpness"] if logs else None,
+        "score_std_first_fifth": early_logs[-1].get("score_std") if early_logs else None,
+        "score_std_end": logs[-1].get("score_std") if logs else None,
         "ce_loss_end": logs[-1].get("ce_loss") if logs else None,
         "train_s": seconds,
     }
@@ -139,29 +193,37 @@ def table(runs, grid_keys) -> str:
 _WORKER: dict = {}
 
 
-def _load(model_path: str, eval_samples: int, threads: int) -> dict:
-    """The backbone, processor and validation batches, loaded once per process."""
+def _load(model_path: str, eval_samples: int, threads: int, task: str = "square:1") -> dict:
+    """The backbone (scaled for `task`), processor and validation batches of `task`, loaded once per process."""
     if _WORKER.get("key") != (model_path, eval_samples):
         torch.set_num_threads(threads)
         transformers_logging.set_verbosity_error()
         processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=False)
-        samples = make_samples(eval_samples, seed=VALIDATION_SEED)
-        batches = [task_inputs(processor, samples[i : i + 50], with_answers=True) for i in range(0, len(samples), 50)]
-        _WORKER.update(key=(model_path, eval_samples), backbone=load_backbone(Path(model_path)), processor=processor, batches=batches)
-    return _WORKER
+        _WORKER.clear()
+        _WORKER.update(key=(model_path, eval_samples), base=load_backbone(Path(model_path)), processor=processor, tasks={})
+    if task not in _WORKER["tasks"]:
+        shape, scale = parse_task(task)
+        samples = make_samples(eval_samples, seed=VALIDATION_SEED, shape=shape)
+        batches = [task_inputs(_WORKER["processor"], samples[i : i + 50], with_answers=True) for i in range(0, len(samples), 50)]
+        _WORKER["tasks"][task] = {"backbone": scaled_backbone(_WORKER["base"], scale), "batches": batches, "shape": shape}
+    return {"processor": _WORKER["processor"], **_WORKER["tasks"][task]}
 
 
-def run_one(model_path: str, eval_samples: int, threads: int, setting: dict, seed: int, steps: int, batch_size: int) -> dict:
+def run_one(
+    model_path: str, eval_samples: int, threads: int, setting: dict, seed: int, steps: int, batch_size: int, task: str = "square:1"
+) -> dict:
     """One training run of the grid (in a worker process with `--jobs` > 1)."""
-    loaded = _load(model_path, eval_samples, threads)
+    loaded = _load(model_path, eval_samples, threads, task)
     return train_and_evaluate(
-        loaded["backbone"], loaded["processor"], loaded["batches"], seed=seed, setting=setting, steps=steps, batch_size=batch_size
-    )
+        loaded["backbone"], loaded["processor"], loaded["batches"], seed=seed, setting=setting, steps=steps,
+        batch_size=batch_size, shape=loaded["shape"],
+    )  # fmt: skip
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a stock Qwen2.5-VL or VisionSelector folder with its processor; its backbone is used (default: the embedded checkpoint)")
+    parser.add_argument("--tasks", default="square:1", help="task/backbone pairs, comma separated: SHAPE:SCALE, the question's shape (square, circle, triangle) and the factor on the backbone's visual features (default: %(default)s, the demo task)")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (scorer init and data order)")
     for name, (field, where, kind, default) in AXES.items():
         parser.add_argument(
@@ -178,15 +240,21 @@ def main(argv=None):
         raise SystemExit(f"--jobs and --threads must be >= 1, got {args.jobs} and {args.threads}.")
 
     model_path = str(Path(args.model))
-    loaded = _load(model_path, args.eval_samples, args.threads)
-    full_model = VisionSelectorForConditionalGeneration.from_backbone(loaded["backbone"], base_model_name_or_path=None).eval()
-    full = answer_accuracy(full_model, loaded["batches"], retention_ratio=1.0)
-    print(f"backbone with all tokens: {full:.3f} on {args.eval_samples} validation samples", file=sys.stderr)
-    baselines = {}
-    for selector in TRAINING_FREE:
-        torch.manual_seed(0)  # the random selector draws from torch's global generator
-        baselines[selector] = {str(r): answer_accuracy(full_model, loaded["batches"], retention_ratio=r, selector=selector) for r in EVAL_RATIOS}
-    print(f"training-free selectors: {baselines}", file=sys.stderr)
+    tasks = args.tasks.split(",")
+    for task in tasks:
+        parse_task(task)
+    full, baselines = {}, {}
+    for task in tasks:
+        loaded = _load(model_path, args.eval_samples, args.threads, task)
+        full_model = VisionSelectorForConditionalGeneration.from_backbone(loaded["backbone"], base_model_name_or_path=None).eval()
+        full[task] = answer_accuracy(full_model, loaded["batches"], retention_ratio=1.0)
+        baselines[task] = {}
+        for selector in TRAINING_FREE:
+            torch.manual_seed(0)  # the random selector draws from torch's global generator
+            baselines[task][selector] = {
+                str(r): answer_accuracy(full_model, loaded["batches"], retention_ratio=r, selector=selector) for r in EVAL_RATIOS
+            }
+        print(f"{task}: all tokens {full[task]:.3f}; training-free {baselines[task]}", file=sys.stderr)
 
     grid = {
         name: [None] if values == "default" else [kind(value) for value in values.split(",")]
@@ -195,41 +263,49 @@ def main(argv=None):
     }
     grid_keys = [key for key, values in grid.items() if values != [None]]
     jobs = [
-        (dict(zip(grid, values)), int(seed)) for values in itertools.product(*grid.values()) for seed in args.seeds.split(",")
+        (task, dict(zip(grid, values)), int(seed))
+        for task in tasks
+        for values in itertools.product(*grid.values())
+        for seed in args.seeds.split(",")
     ]
     common = (model_path, args.eval_samples, args.threads)
     started = time.perf_counter()
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) if args.jobs > 1 else contextlib.nullcontext() as pool:
         if pool is None:
-            results = (run_one(*common, setting, seed, args.steps, args.batch_size) for setting, seed in jobs)
+            results = (run_one(*common, setting, seed, args.steps, args.batch_size, task) for task, setting, seed in jobs)
         else:
-            results = pool.map(run_one, *zip(*[(*common, setting, seed, args.steps, args.batch_size) for setting, seed in jobs]))
+            results = pool.map(run_one, *zip(*[(*common, setting, seed, args.steps, args.batch_size, task) for task, setting, seed in jobs]))
         runs = []
-        for (setting, seed), result in zip(jobs, results):
-            runs.append({**{key: setting[key] for key in grid_keys}, "seed": seed, **result})
-            print(f"  {setting} seed {seed}: {result['accuracy']}, sharpness {result['sharpness_first_fifth']} -> {result['sharpness_end']}", file=sys.stderr, flush=True)
+        for (task, setting, seed), result in zip(jobs, results):
+            runs.append({"task": task, **{key: setting[key] for key in grid_keys}, "seed": seed, **result})
+            print(f"  {task} { {key: value for key, value in setting.items() if value is not None} } seed {seed}: {result['accuracy']}, sharpness {result['sharpness_first_fifth']} -> {result['sharpness_end']}", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - started
 
-    report = "\n".join([
-        f"Scorers trained on the frozen backbone of {Path(model_path).name} (all tokens: {100 * full:.1f}%), {args.steps} "
-        f"steps of batch {args.batch_size}, `VisionSelectorSFTConfig` defaults (train retention 0.2) but for the swept "
-        f"fields; accuracy in % of the learned selection on {args.eval_samples} validation samples (whole answers), over "
-        f"seeds {args.seeds}. {args.jobs} run(s) at a time, {args.threads} CPU thread(s) each, {elapsed:.0f} s.",
+    lines = [
+        f"Scorers trained on the frozen backbone of {Path(model_path).name}, {args.steps} steps of batch {args.batch_size}, "
+        f"`VisionSelectorSFTConfig` defaults (train retention 0.2) but for the swept fields; accuracy in % of the "
+        f"learned selection on {args.eval_samples} validation samples per task (whole answers), over seeds "
+        f"{args.seeds}. A task is SHAPE:SCALE: the question's shape, and the factor on the backbone's visual features. "
+        f"{args.jobs} run(s) at a time, {args.threads} CPU thread(s) each, {elapsed:.0f} s.",
         "",
-        table(runs, grid_keys),
-        "",
-        "Training-free selectors on the same samples: "
-        + "; ".join(
-            f"r = {r}: " + ", ".join(f"{name} {100 * scores[r]:.1f}" for name, scores in baselines.items()) for r in map(str, EVAL_RATIOS)
-        )
-        + ".",
-    ])
+    ]
+    for task in tasks:
+        task_runs = [run for run in runs if run["task"] == task]
+        lines += [
+            f"**{task}** (all tokens {100 * full[task]:.1f}%; training-free: "
+            + "; ".join(f"r = {r}: " + ", ".join(f"{name} {100 * scores[r]:.1f}" for name, scores in baselines[task].items()) for r in map(str, EVAL_RATIOS))
+            + ")",
+            "",
+            table(task_runs, grid_keys),
+            "",
+        ]
+    report = "\n".join(lines).rstrip()
     print(report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(report + "\n")
     out.write_text(json.dumps({
-        "model": model_path, "steps": args.steps, "batch_size": args.batch_size, "eval_samples": args.eval_samples,
+        "model": model_path, "tasks": tasks, "steps": args.steps, "batch_size": args.batch_size, "eval_samples": args.eval_samples,
         "first_eval_seed": VALIDATION_SEED, "all_tokens_accuracy": full, "training_free": baselines, "elapsed_s": elapsed, "runs": runs,
     }, indent=1))
     print(f"\nWrote {out} and {out.with_suffix('.md')}", file=sys.stderr)

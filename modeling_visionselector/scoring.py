@@ -163,20 +163,47 @@ class _SigmoidTopK(torch.autograd.Function):
         return (slope * (grad - mean_grad)).to(grad_mask.dtype), None, None
 
 
+def standardized_item_scores(scores: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """`(N,)` scores shifted and scaled per item to mean 0 and standard deviation 1 (computed in float64).
+
+    A monotone map per item: each item's ranking, hence its hard top-k, is unchanged. An item whose scores are all
+    equal (or of length 1) maps to zeros.
+    """
+    work = scores.double()
+    item = segment_ids(lengths, device=scores.device)  # (N,)
+    counts = torch.as_tensor(lengths, device=scores.device, dtype=torch.float64)
+    means = torch.zeros(len(lengths), device=scores.device, dtype=torch.float64).index_add(0, item, work) / counts
+    centred = work - means[item]  # (N,)
+    variances = torch.zeros_like(means).index_add(0, item, centred.square()) / counts
+    # the floor (before the square root, whose gradient at 0 is infinite) only guards constant items (0 / floor = 0);
+    # any real spread of float32 scores is far above it
+    return centred / variances.clamp_min(1e-60).sqrt()[item]
+
+
 def differentiable_topk(
-    scores: torch.Tensor, lengths: list[int], k: list[int] | torch.Tensor, iterations: int = 64
+    scores: torch.Tensor,
+    lengths: list[int],
+    k: list[int] | torch.Tensor,
+    iterations: int = 64,
+    temperature: float | None = None,
 ) -> torch.Tensor:
     """Soft top-k mask: sigmoid(s_i + t) per item, with the threshold t of each item solved so that it sums to k.
 
+    With `temperature` tau, the sigmoid takes the item's standardised scores instead, sigmoid(z_i / tau + t) with
+    z = (s - mean) / std over the item: the mask's sharpness is then 1 / tau alone, whatever the scale of the scores
+    (which grows with the learning rate and the features' norm); without it (the paper's formulation) the sharpness
+    is the scores' own spread. Either way the mask ranks tokens as the scores do.
+
     The backward is the exact gradient through the implicit threshold (not a straight-through estimate). As the
-    scores of an item spread apart, its mask tends to the hard top-k mask. An item with k >= its length keeps
-    everything (mask 1, zero gradient).
+    scores of an item spread apart (or tau falls), its mask tends to the hard top-k mask. An item with k >= its
+    length keeps everything (mask 1, zero gradient).
 
     Args:
         scores (`torch.Tensor` of shape `(N,)`): scores of all items, item after item.
         lengths (`list[int]`): tokens per item.
         k (`list[int]` or `torch.Tensor` of shape `(items,)`): target sum of each item's mask, 0 < k.
         iterations (`int`): bisection steps; 64 halve the bracket to below float64 resolution.
+        temperature (`float`, *optional*): tau > 0 for standardised scores; `None` (the default): raw scores.
 
     Returns:
         `torch.Tensor` of shape `(N,)`, dtype of `scores`: the soft mask.
@@ -187,9 +214,14 @@ def differentiable_topk(
         raise ValueError(f"Got {k.numel()} values of k for {n.numel()} items.")
     if bool((k <= 0).any()):
         raise ValueError(f"Every k must be positive, got {k.tolist()}.")
+    dtype = scores.dtype
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < math.inf:
+            raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+        scores = standardized_item_scores(scores, lengths) / temperature  # (N,) float64
     full = k >= n
     padded = _pad_items(scores, lengths, float("-inf"))  # (items, max_len)
     mask = _SigmoidTopK.apply(padded, torch.where(full, n - 0.5, k), iterations)
     mask = torch.where(full[:, None], 1.0, mask)  # items asked to keep all their tokens keep them, with zero gradient
     valid = torch.arange(padded.shape[1], device=scores.device)[None, :] < n[:, None]
-    return mask[valid]
+    return mask[valid].to(dtype)

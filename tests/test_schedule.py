@@ -1,10 +1,17 @@
-"""The annealing of the mask-regularisation weight lambda: a pure function of the training progress."""
+"""The annealing of the mask-regularisation weight lambda and of the top-k temperature: pure functions of the
+training progress."""
 
 import math
 
 import pytest
 
-from visionselector_training.schedule import REG_WEIGHT_SCHEDULES, annealed_reg_weight, validate_reg_weight
+from visionselector_training.schedule import (
+    REG_WEIGHT_SCHEDULES,
+    annealed_mask_temperature,
+    annealed_reg_weight,
+    validate_mask_temperature,
+    validate_reg_weight,
+)
 
 
 @pytest.mark.parametrize("schedule", REG_WEIGHT_SCHEDULES)
@@ -39,3 +46,25 @@ def test_bad_values_raise():
         with pytest.raises(ValueError, match="reg_weight_start"):
             validate_reg_weight(bad, "reg_weight_start")
     assert validate_reg_weight(0, "reg_weight_start") == 0.0
+
+
+def test_mask_temperature_falls_geometrically_from_start_to_end():
+    values = [annealed_mask_temperature(step / 100, 1.0, 0.1) for step in range(101)]
+    assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(0.1)
+    assert all(later < earlier for earlier, later in zip(values, values[1:]))
+    assert annealed_mask_temperature(0.5, 1.0, 0.1) == pytest.approx(math.sqrt(0.1))  # the geometric mean
+    # the same factor in every equal share of the run
+    assert values[25] / values[0] == pytest.approx(values[100] / values[75])
+    assert annealed_mask_temperature(1.5, 1.0, 0.1) == pytest.approx(0.1)  # progress clamped
+
+
+def test_paper_schedule_has_no_temperature():
+    assert annealed_mask_temperature(0.3, 1.0, 0.1, "paper") is None
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, float("inf"), float("nan"), True, "1"])
+def test_bad_mask_temperatures_raise(bad):
+    with pytest.raises(ValueError, match="`mask_temperature_start` must be a finite number > 0"):
+        validate_mask_temperature(bad, "mask_temperature_start")
+    with pytest.raises(ValueError, match="`mask_temperature_schedule` must be one of"):
+        annealed_mask_temperature(0.5, 1.0, 0.1, "cosine")

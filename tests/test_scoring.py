@@ -109,6 +109,60 @@ def test_differentiable_topk_rejects_bad_k():
         differentiable_topk(torch.randn(4), [4], [1, 2])
 
 
+# ---------------------------------------------------------------- with a temperature (standardised scores)
+
+
+@pytest.mark.parametrize("lengths,k", [([6, 9, 1], [2, 4, 1]), ([12], [3])])
+def test_tempered_topk_gradcheck_float64(lengths, k):
+    torch.manual_seed(0)
+    scores = torch.randn(sum(lengths), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: differentiable_topk(s, lengths, k, temperature=0.7), (scores,))
+
+
+def test_tempered_topk_ignores_the_scale_and_shift_of_each_item():
+    """The sharpness is the temperature's, not the scores': a per-item affine map with a positive factor (what a
+    higher learning rate or larger features do to the scores) leaves the mask as it was."""
+    torch.manual_seed(0)
+    lengths, k = [49, 30], [4, 3]
+    scores = torch.randn(sum(lengths), dtype=torch.float64)
+    factor = torch.tensor([1e3] * 49 + [1e-3] * 30, dtype=torch.float64)
+    shift = torch.tensor([5.0] * 49 + [-7.0] * 30, dtype=torch.float64)
+    tempered = differentiable_topk(scores, lengths, k, temperature=0.5)
+    torch.testing.assert_close(differentiable_topk(scores * factor + shift, lengths, k, temperature=0.5), tempered)
+    # without a temperature the scale is the sharpness: 1000x sharper in the first item, 1000x softer in the second
+    raw = differentiable_topk(scores * factor, lengths, k)
+    assert not torch.allclose(raw, tempered, atol=1e-3)
+
+
+def test_tempered_topk_ranks_as_the_scores_sums_to_k_and_hardens_as_the_temperature_falls():
+    torch.manual_seed(0)
+    lengths, ratio = [50, 20], 0.2
+    scores = torch.randperm(70).double()
+    hard = hard_topk_mask(scores, lengths, ratio)
+    k = [num_kept_tokens(n, ratio) for n in lengths]
+    gaps = []
+    for temperature in (1.0, 0.1, 0.01, 0.001):
+        mask = differentiable_topk(scores, lengths, k, temperature=temperature)
+        for item_mask, item_scores, item_k in zip(torch.split(mask, lengths), torch.split(scores, lengths), k):
+            assert bool((item_mask[item_scores.argsort()].diff() >= 0).all())  # a monotone map per item
+            assert item_mask.sum().item() == pytest.approx(item_k, abs=1e-9)
+        gaps.append((mask - hard).abs().max())
+    assert all(later < earlier for earlier, later in zip(gaps, gaps[1:]))
+    assert gaps[-1] < 1e-6
+
+
+def test_tempered_topk_of_a_constant_item_is_uniform_and_keeps_dtype():
+    mask = differentiable_topk(torch.full((10,), 3.0), [10], [2], temperature=0.1)
+    assert mask.dtype == torch.float32
+    torch.testing.assert_close(mask, torch.full((10,), 0.2))
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "0.5"])
+def test_tempered_topk_rejects_bad_temperatures(bad):
+    with pytest.raises(ValueError, match="`temperature` must be a finite number > 0"):
+        differentiable_topk(torch.randn(4), [4], [1], temperature=bad)
+
+
 def test_topk_indices_are_the_highest_scores_in_ascending_order():
     scores = torch.tensor([0.1, 5.0, -1.0, 3.0, 2.0, 9.0, 0.0])
     kept = topk_indices(scores, [4, 3], 0.5)

@@ -75,10 +75,23 @@ def first_batch(trainer):
 
 def test_config_defaults_follow_the_sweep_and_the_paper(tmp_path):
     args = make_args(tmp_path)
-    assert args.learning_rate == 3e-3  # benchmarks/results/sweep_scorer.md
-    with open(os.path.join(REPO, "training", "configs", "qwen2_5_vl_7b.yaml")) as file:
+    assert args.learning_rate == 1e-2  # benchmarks/results/sweep_scorer_tasks*.md
+    assert (args.mask_temperature_schedule, args.mask_temperature_start, args.mask_temperature_end) == ("geometric", 1.0, 0.03)
+    configs = os.path.join(REPO, "training", "configs")
+    with open(os.path.join(configs, "qwen2_5_vl_7b_paper.yaml")) as file:
         paper = yaml.safe_load(file)  # the paper's 7B settings stay available
     assert (paper["learning_rate"], paper["train_retention_ratio"], paper["warmup_steps"]) == (5e-5, 0.2, 0.03)
+    assert paper["mask_temperature_schedule"] == "paper"
+    with open(os.path.join(configs, "qwen2_5_vl_7b.yaml")) as file:
+        seven_b = yaml.safe_load(file)
+    # one recipe for the tiny backbone and the 7B: the 7B config sets data, batch and hardware, no training recipe
+    recipe = {"learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "mask_temperature_schedule",
+              "mask_temperature_start", "mask_temperature_end", "reg_weight_start", "reg_weight_end", "reg_weight_schedule"}  # fmt: skip
+    assert not recipe & set(seven_b), recipe & set(seven_b)
+    for config in (paper, seven_b):  # every key is an option of the training script
+        assert set(config) - {"model_name_or_path", "dtype", "attn_implementation", "dataset_name"} <= {
+            f.name for f in dataclasses.fields(VisionSelectorSFTConfig)
+        }
     assert args.lr_scheduler_type == "cosine"
     assert args.warmup_steps == 0.03
     assert args.weight_decay == 0.0
@@ -90,7 +103,7 @@ def test_config_defaults_follow_the_sweep_and_the_paper(tmp_path):
     }
     assert own == {
         "train_retention_ratio", "train_retention_ratio_min", "reg_weight_start", "reg_weight_end", "reg_weight_schedule",
-        "save_scorer_only_checkpoints",
+        "save_scorer_only_checkpoints", "mask_temperature_schedule", "mask_temperature_start", "mask_temperature_end",
     }
     assert args.train_retention_ratio_min is None
     assert args.assistant_only_loss is None  # on for `messages` datasets (TRL: off)
@@ -110,6 +123,9 @@ def test_config_defaults_follow_the_sweep_and_the_paper(tmp_path):
         ({"reg_weight_start": -0.1}, r"reg_weight_start.*>= 0.*-0\.1"),
         ({"reg_weight_end": float("inf")}, r"reg_weight_end.*>= 0.*inf"),
         ({"reg_weight_schedule": "exp"}, r"reg_weight_schedule.*linear.*cosine.*'exp'"),
+        ({"mask_temperature_schedule": "linear"}, r"mask_temperature_schedule.*geometric.*paper.*'linear'"),
+        ({"mask_temperature_start": 0.0}, r"mask_temperature_start.*> 0.*0\.0"),
+        ({"mask_temperature_end": float("nan")}, r"mask_temperature_end.*> 0.*nan"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, overrides, message):
@@ -217,8 +233,8 @@ def test_labels_at_vision_tokens_are_ignored(tmp_path, dataset):
     raw = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
     with torch.no_grad():
         loss = trainer.compute_loss(model, dict(raw))
-        expected = model(**batch).loss
-        unmasked = model(**raw).loss
+        expected = model(**batch, mask_temperature=trainer.mask_temperature).loss
+        unmasked = model(**raw, mask_temperature=trainer.mask_temperature).loss
     torch.testing.assert_close(loss, expected)
     assert not torch.allclose(loss, unmasked)
 

@@ -1,7 +1,8 @@
-"""The curriculum of the mask regularisation: how its weight lambda moves from a start to an end value.
+"""The curricula of the scorer's training: the weight lambda of the mask regularisation, and the temperature of the
+differentiable top-k.
 
-The weight is a pure function of the training progress `global_step / max_steps`, so a run resumed from a checkpoint
-continues the schedule where it stopped, with no state of its own to save.
+Both are pure functions of the training progress `global_step / max_steps`, so a run resumed from a checkpoint
+continues them where it stopped, with no state of its own to save.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import math
 import numbers
 
 REG_WEIGHT_SCHEDULES = ("linear", "cosine")
+# "geometric": the top-k over standardised scores, its temperature falling geometrically; "paper": over raw scores.
+MASK_TEMPERATURE_SCHEDULES = ("geometric", "paper")
 
 
 def validate_reg_weight(value, name: str) -> float:
@@ -46,4 +49,44 @@ def annealed_reg_weight(progress: float, start: float, end: float, schedule: str
     return start + (end - start) * progress
 
 
-__all__ = ["REG_WEIGHT_SCHEDULES", "annealed_reg_weight", "validate_reg_weight", "validate_reg_weight_schedule"]
+def validate_mask_temperature(value, name: str) -> float:
+    """Returns `value` as a float, or raises a `ValueError` naming it and the accepted range (0, inf)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+    return float(value)
+
+
+def validate_mask_temperature_schedule(schedule) -> str:
+    if schedule not in MASK_TEMPERATURE_SCHEDULES:
+        raise ValueError(
+            f"`mask_temperature_schedule` must be one of {list(MASK_TEMPERATURE_SCHEDULES)}, got {schedule!r}."
+        )
+    return schedule
+
+
+def annealed_mask_temperature(progress: float, start: float, end: float, schedule: str = "geometric") -> float | None:
+    """The temperature tau of the differentiable top-k at `progress` (clamped to [0, 1]) of the run.
+
+    `"geometric"`: tau = start * (end / start) ** progress, so the mask's sharpness 1 / tau grows by the same factor
+    in every equal share of the run (soft early, hard late). `"paper"`: `None`, the top-k over raw scores, whose
+    sharpness is the scores' own spread.
+    """
+    validate_mask_temperature_schedule(schedule)
+    if isinstance(progress, bool) or not isinstance(progress, numbers.Real) or math.isnan(progress):
+        raise ValueError(f"`progress` must be a number, got {progress!r}.")
+    if schedule == "paper":
+        return None
+    progress = min(max(float(progress), 0.0), 1.0)
+    return start * (end / start) ** progress
+
+
+__all__ = [
+    "MASK_TEMPERATURE_SCHEDULES",
+    "REG_WEIGHT_SCHEDULES",
+    "annealed_mask_temperature",
+    "annealed_reg_weight",
+    "validate_mask_temperature",
+    "validate_mask_temperature_schedule",
+    "validate_reg_weight",
+    "validate_reg_weight_schedule",
+]

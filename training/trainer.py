@@ -8,13 +8,16 @@ parts of the loss, and keeps intermediate checkpoints down to the scorer.
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import warnings
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedConfig, TrainingArguments, set_seed
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 from trl import SFTTrainer
 from trl.chat_template_utils import get_training_chat_template
@@ -32,7 +35,7 @@ from .config import VisionSelectorSFTConfig
 from .data import VisionLanguageCollator, normalize_dataset, uses_vision_language_collator
 from .losses import mask_hard_distance, mask_regularization, mask_sharpness
 from .quantization import check_scorer_trainable
-from .schedule import annealed_reg_weight
+from .schedule import annealed_mask_temperature, annealed_reg_weight
 
 logger = logging.get_logger(__name__)
 
@@ -45,6 +48,8 @@ _BACKBONE_LOADING_KWARGS = ("revision", "dtype", "device_map", "attn_implementat
 SATURATED_SHARPNESS = 0.95
 # ... within this share of the run means the selection locked in before the scorer learned what matters.
 EARLY_SHARE = 0.2
+# `checkpoint-N` is written as `.staging-checkpoint-N/checkpoint-N`, then moved into place.
+STAGING_PREFIX = ".staging-"
 
 
 def load_visionselector(model_name_or_path: str, **kwargs):
@@ -101,6 +106,8 @@ class VisionSelectorSFTTrainer(SFTTrainer):
 
     Intermediate checkpoints (`checkpoint-N/`) are scorer-only artifacts, as `save_scorer` writes them (loadable with
     `from_pretrained`), plus the optimizer, scheduler, RNG and trainer states; `save_model` writes the full model.
+    Each is written under a staging name and renamed to `checkpoint-N` when complete, so `resume_from_checkpoint=True`
+    never picks a half-written one after a crash.
 
     Args:
         model (a VisionSelector model, a stock Qwen-VL model of a supported family, or `str`):
@@ -279,6 +286,14 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             progress, self.args.reg_weight_start, self.args.reg_weight_end, self.args.reg_weight_schedule
         )
 
+    @property
+    def mask_temperature(self) -> float | None:
+        """The temperature of the differentiable top-k at the current step; `None` for the paper's raw scores."""
+        progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
+        return annealed_mask_temperature(
+            progress, self.args.mask_temperature_start, self.args.mask_temperature_end, self.args.mask_temperature_schedule
+        )
+
     def _log_metric(self, mode: str, name: str, value: torch.Tensor | float) -> float:
         value = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).detach().reshape(1)
         mean = self.accelerator.gather(value).mean().item()
@@ -326,7 +341,9 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         # and the model returns the labels pruned alike.
         training = self.model.training
         if training:
-            extra = {"retention_ratio": self.train_retention_ratio}
+            extra = {"retention_ratio": self.train_retention_ratio, "mask_temperature": self.mask_temperature}
+            if extra["mask_temperature"] is not None:
+                self._log_metric(mode, "mask_temperature", extra["mask_temperature"])
             if self.args.train_retention_ratio_min is not None:
                 self._log_metric(mode, "train_retention_ratio", extra["retention_ratio"])
         else:
@@ -365,10 +382,11 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             self._log_metric(mode, "reg_weight", reg_weight)
             self._log_metric(mode, "mask_hard_distance", mask_hard_distance(outputs.soft_mask, outputs.hard_mask))
             sharpness = self._log_metric(mode, "mask_sharpness", mask_sharpness(outputs.soft_mask))
-            self._warn_if_saturated(sharpness)
+            score_std = None
             if outputs.get("scores") is not None:
                 items = torch.split(outputs.scores.detach().float(), list(outputs.item_lengths))
-                self._log_metric(mode, "score_std", torch.stack([item.std(correction=0) for item in items]).mean())
+                score_std = self._log_metric(mode, "score_std", torch.stack([item.std(correction=0) for item in items]).mean())
+            self._warn_if_saturated(sharpness, score_std)
         if loss is None:
             loss = outputs.loss
 
@@ -397,22 +415,34 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         self._token_counts[mode] = [0, 0]
         super().log(logs, start_time)
 
-    def _warn_if_saturated(self, sharpness: float) -> None:
+    def _warn_if_saturated(self, sharpness: float, score_std: float | None) -> None:
         step, total = self.state.global_step, self.state.max_steps
         if self._warned_saturation or not self.model.training or not total or step >= EARLY_SHARE * total:
             return
         if sharpness > SATURATED_SHARPNESS:
             self._warned_saturation = True
-            if self.accelerator.is_main_process:
-                warnings.warn(
-                    f"The soft top-k mask saturated early: mask_sharpness {sharpness:.3f} > {SATURATED_SHARPNESS} at "
-                    f"step {step} of {total}. The selection is locking in; if that happens before the scorer has "
-                    f"learned which tokens matter, training rarely recovers and held-out quality stays near random "
-                    f"selection. The likely cause is a learning rate too high (learning_rate="
-                    f"{self.args.learning_rate:g}): check the selection on held-out data, and compare a run at a "
-                    f"lower rate (e.g. 10x) or with a longer warmup.",
-                    stacklevel=2,
+            if not self.accelerator.is_main_process:
+                return
+            spread = "" if score_std is None else f", score_std {score_std:.3g}"
+            if self.args.mask_temperature_schedule == "paper":
+                cause = (
+                    "With mask_temperature_schedule='paper' the mask's sharpness is the spread of the raw scores, "
+                    f"which grows with learning rate x feature norm (learning_rate={self.args.learning_rate:g}). Use "
+                    "mask_temperature_schedule='geometric' (the default), or a lower learning rate (e.g. 10x)."
                 )
+            else:
+                cause = (
+                    f"The schedule's temperature is {self.mask_temperature:.3g} (mask_temperature_start="
+                    f"{self.args.mask_temperature_start:g}): raise mask_temperature_start (e.g. to 1.0) so the "
+                    f"mask starts soft, or lower reg_weight_start (now {self.args.reg_weight_start:g})."
+                )
+            warnings.warn(
+                f"The soft top-k mask saturated early: mask_sharpness {sharpness:.3f} > {SATURATED_SHARPNESS} at "
+                f"step {step} of {total}{spread}. The selection is locking in; if that happens before the scorer "
+                f"has learned which tokens matter, training rarely recovers and held-out quality stays near random "
+                f"selection. {cause}",
+                stacklevel=2,
+            )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys: list[str] | None = None):
         """Evaluation on the pruned sequence: the logits and the labels returned are both the pruned ones."""
@@ -430,12 +460,54 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         # DeepSpeed and FSDP shard or wrap the parameters and save through their own engines.
         return self.args.save_scorer_only_checkpoints and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
 
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is written: the staging folder, so that `Trainer` writes `checkpoint-N` inside it.
+        staging = getattr(self, "_checkpoint_staging_dir", None)
+        return staging if staging is not None else super()._get_output_dir(trial)
+
     def _save_checkpoint(self, model, trial):
-        self._saving_checkpoint = True
+        """Writes `checkpoint-N` whole or not at all: a crash (even SIGKILL) mid-save leaves no `checkpoint-N`.
+
+        `Trainer` writes the folder in place, and `get_last_checkpoint` (`resume_from_checkpoint=True`) takes the
+        highest number even when that folder is incomplete. Here `Trainer` writes it into `.staging-checkpoint-N/`
+        next to it, and the complete folder is then renamed to `checkpoint-N` (atomic on one filesystem); the
+        regular expression of `get_last_checkpoint` never matches the staging name.
+        """
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final, staging = os.path.join(run_dir, name), os.path.join(run_dir, f"{STAGING_PREFIX}{name}")
+        if self.args.should_save:
+            for leftover in glob.glob(os.path.join(glob.escape(run_dir), f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-*")):
+                shutil.rmtree(leftover)  # the remains of saves that crashed
+        self.accelerator.wait_for_everyone()  # every rank writes its RNG state: none may write into the old folder
+        self._saving_checkpoint, self._checkpoint_staging_dir = True, staging
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            self._saving_checkpoint = False
+            self._saving_checkpoint, self._checkpoint_staging_dir = False, None
+        self.accelerator.wait_for_everyone()  # every rank has written its part
+        if not self.args.should_save:
+            return
+        written = os.path.join(staging, name)
+        best = self.state.best_model_checkpoint
+        if best is not None and os.path.dirname(best) == staging:  # `Trainer` found the best in the folder written
+            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            self.state.save_to_json(os.path.join(written, TRAINER_STATE_NAME))
+        _fsync_tree(written)
+        if os.path.isdir(final):
+            # The same step saved again: the old folder leaves under the staging name first, so that a crash
+            # in between leaves either folder whole under `checkpoint-N`, or none.
+            os.rename(final, os.path.join(staging, "replaced"))
+        os.rename(written, final)
+        _fsync_dir(run_dir)
+        shutil.rmtree(staging)
+        # `Trainer` rotated the staging folder; the checkpoints to rotate are in `run_dir`.
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
+        )
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Writes the full model with `save_pretrained`; inside a checkpoint, the scorer-only artifact (see the config)."""
@@ -478,6 +550,25 @@ def _first_example(dataset) -> dict:
     if example is None:
         raise ValueError("`train_dataset` is empty: there is nothing to train the scorer on.")
     return example
+
+
+def _fsync_dir(path: str) -> None:
+    """Makes the entries of folder `path` (new files, renames) durable."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(path: str) -> None:
+    """Flushes every file under `path`, and the folders themselves, to disk: a power cut after the rename that
+    follows cannot leave a `checkpoint-N` with empty files."""
+    for folder, _, files in os.walk(path):
+        for file in files:
+            with open(os.path.join(folder, file), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(folder)
 
 
 def _is_visionselector(model) -> bool:

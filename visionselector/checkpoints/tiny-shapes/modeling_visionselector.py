@@ -819,6 +819,7 @@ class VisionSelectorMixin:
         mm_encoder_outputs: dict[str, ModelOutput] | None = None,
         retention_ratio: float | None = None,
         selector: str = "learned",
+        mask_temperature: float | None = None,
         **kwargs,
     ):
         r"""
@@ -830,6 +831,10 @@ class VisionSelectorMixin:
             in eval mode and to `config.train_retention_ratio` in training mode.
         selector (`str`, *optional*, defaults to `"learned"`):
             How eval mode chooses the kept tokens (see `select_visual_tokens`); training always uses the scorer.
+        mask_temperature (`float`, *optional*):
+            Training mode: the temperature of the differentiable top-k over each item's standardised scores (its
+            sharpness is 1 / temperature; see `differentiable_topk`). `None`: the paper's top-k over raw scores.
+            `VisionSelectorSFTTrainer` passes its schedule's value. Ignored in eval mode.
 
         With raw `pixel_values` / `pixel_values_videos`:
 
@@ -882,7 +887,8 @@ class VisionSelectorMixin:
             check_placeholder_rows(input_ids, self.config.video_token_id, lengths[num_images:], "video")
             self._check_token_types(input_ids, mm_token_type_ids)
             scores = self.scorer(torch.cat(features), lengths)  # (N,)
-            soft_mask = differentiable_topk(scores, lengths, [num_kept_tokens(n, ratio) for n in lengths])  # (N,)
+            kept = [num_kept_tokens(n, ratio) for n in lengths]
+            soft_mask = differentiable_topk(scores, lengths, kept, temperature=mask_temperature)  # (N,)
             hard_mask = hard_topk_mask(scores.detach(), lengths, ratio)  # (N,)
             # Scale every merged token, and each of its deepstack features, by its soft mask value.
             item_masks = [mask[:, None] for mask in torch.split(soft_mask, lengths)]
