@@ -108,19 +108,26 @@ def push_code_to_hub(
     Arguments as in [`push_scorer_to_hub`]. Returns the `CommitInfo` of the upload.
     """
     api = api if api is not None else HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="visionselector-code-") as folder:
+        save_code(folder, repo_id=repo_id)
+        message = commit_message or "Upload the VisionSelector model code"
+        return _upload_folder(api, folder, repo_id, private, revision, message, create_pr)
+
+
+def _upload_folder(api: HfApi, folder, repo_id: str, private, revision, commit_message: str, create_pr: bool):
+    """Uploads a written `folder` in one commit, creating the repo (and the branch `revision`) first if needed. Called
+    once the folder is complete, so that a failure while writing it leaves nothing on the Hub."""
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision is not None and not create_pr:
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    with tempfile.TemporaryDirectory(prefix="visionselector-code-") as folder:
-        save_code(folder, repo_id=repo_id)
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            repo_type="model",
-            revision=revision,
-            commit_message=commit_message or "Upload the VisionSelector model code",
-            create_pr=create_pr,
-        )
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message,
+        create_pr=create_pr,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- saving
@@ -416,18 +423,8 @@ def push_scorer_to_hub(
                 f"The scorer pushed to {repo_id} points at the local folder {code_repo!r} for its code, which nobody "
                 "else can load: pass `code_repo=<Hub id>` (a repository `push_code_to_hub` wrote), or no `code_repo`."
             )
-        # the repo and branch only once the artifact is written: a failure above leaves nothing on the Hub
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        if revision is not None and not create_pr:
-            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            repo_type="model",
-            revision=revision,
-            commit_message=commit_message or f"Upload VisionSelector scorer for {base}",
-            create_pr=create_pr,
-        )
+        message = commit_message or f"Upload VisionSelector scorer for {base}"
+        return _upload_folder(api, folder, repo_id, private, revision, message, create_pr)
 
 
 # ---------------------------------------------------------------------------------------------------- import
