@@ -122,6 +122,21 @@ def tiny_qwen2_vl_config(
     return Qwen2VLConfig(text_config=text_config, vision_config=vision_config, **TOKEN_IDS, **overrides)
 
 
+def _qwen3_vision_config(vision_hidden_size: int, text_hidden_size: int, vision_depth: int) -> dict:
+    """The toy vision tower of Qwen3-VL and Qwen3.5: patch 16, learned positions interpolated to each image."""
+    return dict(
+        depth=vision_depth,
+        hidden_size=vision_hidden_size,
+        intermediate_size=2 * vision_hidden_size,
+        num_heads=vision_hidden_size // HEAD_DIM,
+        out_hidden_size=text_hidden_size,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=64,  # an 8 x 8 grid of learned positions, interpolated to each image
+    )
+
+
 def tiny_qwen3_vl_config(
     text_hidden_size: int = 32,
     vision_hidden_size: int = 32,
@@ -133,18 +148,8 @@ def tiny_qwen3_vl_config(
 ) -> Qwen3VLConfig | Qwen3VLMoeConfig:
     """A Qwen3-VL (with `moe`, Qwen3-VL-MoE: 4 experts, 2 per token) config at toy width: patch 16, interleaved
     mRoPE, and deepstack features taken after every vision block and added after the first decoder layers."""
-    vision_config = dict(
-        depth=vision_depth,
-        hidden_size=vision_hidden_size,
-        intermediate_size=2 * vision_hidden_size,
-        num_heads=vision_hidden_size // HEAD_DIM,
-        out_hidden_size=text_hidden_size,
-        patch_size=16,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        num_position_embeddings=64,  # an 8 x 8 grid of learned positions, interpolated to each image
-        deepstack_visual_indexes=list(range(vision_depth)),
-    )
+    vision_config = _qwen3_vision_config(vision_hidden_size, text_hidden_size, vision_depth)
+    vision_config["deepstack_visual_indexes"] = list(range(vision_depth))
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2], "mrope_interleaved": True}
     experts = dict(moe_intermediate_size=text_hidden_size, num_experts=4, num_experts_per_tok=2) if moe else {}
     text_config = _text_config(
@@ -170,17 +175,7 @@ def tiny_qwen3_5_config(
     linear), so a recurrent layer feeds full attention and one reads its output; full attention uses gated queries
     and rotates half of each head (`partial_rotary_factor`), as the released models do (a quarter of 256 there).
     """
-    vision_config = dict(
-        depth=vision_depth,
-        hidden_size=vision_hidden_size,
-        intermediate_size=2 * vision_hidden_size,
-        num_heads=vision_hidden_size // HEAD_DIM,
-        out_hidden_size=text_hidden_size,
-        patch_size=16,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        num_position_embeddings=64,  # an 8 x 8 grid of learned positions, interpolated to each image
-    )
+    vision_config = _qwen3_vision_config(vision_hidden_size, text_hidden_size, vision_depth)  # no deepstack
     head_dim = 2 * HEAD_DIM  # rotary on half of it: the mRoPE sections cover 4 frequencies
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2], "mrope_interleaved": True,
             "partial_rotary_factor": 0.5}
