@@ -20,6 +20,7 @@ from .configuration_visionselector import (
     VisionSelectorQwen3VLMoeConfig,
 )
 from .modeling_visionselector import (
+    SCORER_PREFIX,
     SCORER_WEIGHTS_NAME,
     VISIONSELECTOR_CLASSES,
     PrunedInputs,
@@ -68,6 +69,7 @@ __all__ = [
     "VisionSelectorOutput",
     "VisualTokenSelection",
     "PrunedInputs",
+    "SCORER_PREFIX",
     "SCORER_WEIGHTS_NAME",
     "check_scorer_tensors",
     "visionselector_class_for",

@@ -88,6 +88,8 @@ logger = logging.get_logger(__name__)
 
 # A scorer-only artifact (see `visionselector.publishing.save_scorer`): its scorer tensors, named as in `state_dict()`.
 SCORER_WEIGHTS_NAME = "scorer.safetensors"
+# The scorer's tensors are named with this prefix in the full model's state dict (`scorer.q_proj.weight`, ...).
+SCORER_PREFIX = "scorer."
 # The `from_pretrained` arguments that say where the artifact's files are.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
 # The names `generate` has used for the cache: `past_key_values`, and `cache` from transformers 5.24 on.
@@ -461,7 +463,7 @@ class VisionSelectorMixin:
             ) from error
         mismatched = sorted(loading_info["mismatched_keys"], key=str)
         described = "; ".join(f"{name}: {tuple(given)} given, {tuple(expected)} expected" for name, given, expected in mismatched)
-        if any(name.startswith("scorer.") for name, *_ in mismatched):
+        if any(name.startswith(SCORER_PREFIX) for name, *_ in mismatched):
             raise ValueError(
                 f"The checkpoint {pretrained_model_name_or_path} does not fit its configuration (text hidden size "
                 f"{model.config.text_config.hidden_size}, scorer_hidden_size {model.config.scorer_hidden_size}): {described}."
@@ -486,7 +488,7 @@ class VisionSelectorMixin:
                 raise ValueError(f"Cannot read the scorer weights {weights}: {error} (a truncated or corrupted file?).") from error
         check_scorer_tensors(weights, self.config, source or "the scorer weights")
         with torch.no_grad():
-            self.scorer.load_state_dict({name.removeprefix("scorer."): value for name, value in weights.items()})
+            self.scorer.load_state_dict({name.removeprefix(SCORER_PREFIX): value for name, value in weights.items()})
 
     # ------------------------------------------------------------------ selection
 

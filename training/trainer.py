@@ -23,6 +23,7 @@ from trl import SFTTrainer
 from trl.chat_template_utils import get_training_chat_template
 
 from modeling_visionselector import (
+    SCORER_PREFIX,
     SCORER_WEIGHTS_NAME,
     VISIONSELECTOR_CLASSES,
     VisionSelectorForConditionalGeneration,
@@ -39,7 +40,6 @@ from .schedule import annealed_mask_temperature, annealed_reg_weight
 
 logger = logging.get_logger(__name__)
 
-SCORER_PREFIX = "scorer."
 # Intermediate checkpoints: the scorer's tensors, under their names in the full model (`scorer.q_proj.weight`, ...),
 # in the file a scorer-only artifact uses.
 SCORER_CHECKPOINT_NAME = SCORER_WEIGHTS_NAME

@@ -30,6 +30,7 @@ from transformers import PreTrainedConfig
 
 from visionselector.output_folders import written_folder
 from modeling_visionselector.modeling_visionselector import (
+    SCORER_PREFIX,
     SCORER_WEIGHTS_NAME,
     check_scorer_tensors,
     visionselector_class_for,
@@ -118,7 +119,7 @@ def merge_scorer_artifact(
         raise ValueError(f"Cannot read {scorer_file}: {error} (a truncated or corrupted safetensors file?).") from error
     check_scorer_tensors(scorer, config, source=f"The scorer of {artifact}")
     weight_map = _backbone_weight_map(base, **base_kwargs)
-    clashing = sorted(name for name in weight_map if name.startswith("scorer.") or ".importance_scorer." in name)
+    clashing = sorted(name for name in weight_map if name.startswith(SCORER_PREFIX) or ".importance_scorer." in name)
     if clashing:
         raise ValueError(f"The backbone {base} already holds scorer tensors {clashing}; merge into a stock backbone.")
 

@@ -43,6 +43,7 @@ from transformers import PreTrainedConfig
 
 from modeling_visionselector.configuration_visionselector import VisionSelectorFields
 from modeling_visionselector.modeling_visionselector import (
+    SCORER_PREFIX,
     SCORER_WEIGHTS_NAME,
     VisionSelectorForConditionalGeneration,
     VisionSelectorMixin,
@@ -138,7 +139,7 @@ def scorer_state_dict(model: VisionSelectorMixin) -> dict[str, torch.Tensor]:
     return {
         name: tensor.detach().to("cpu").contiguous()
         for name, tensor in model.state_dict().items()
-        if name.startswith("scorer.")
+        if name.startswith(SCORER_PREFIX)
     }
 
 
@@ -453,7 +454,7 @@ def read_checkpoint_scorer(checkpoint: str | os.PathLike, **hub_kwargs) -> dict[
         in_memory = name
         for renaming in renamings:
             in_memory, _ = renaming.rename_source_key(in_memory)
-        if in_memory.startswith("scorer."):
+        if in_memory.startswith(SCORER_PREFIX):
             wanted.setdefault(filename, {})[name] = in_memory
     tensors = {}
     for filename, names in wanted.items():
