@@ -3,8 +3,11 @@
 Set before transformers is imported: no network, and remote code cached in a temporary folder.
 """
 
+import importlib.util
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="visionselector-hf-home-"))
@@ -18,6 +21,18 @@ from PIL import Image  # noqa: E402
 from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str, path: Path):
+    """A script of the repository that is no package (benchmarks/, hub_configs/) imported as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the module runs
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

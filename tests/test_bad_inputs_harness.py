@@ -1,18 +1,15 @@
 """benchmarks/bad_inputs.py runs and classifies: a few groups of its campaign, end to end."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_campaign_classifies_every_case_and_finds_no_crash(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("benchmarks_bad_inputs", ROOT / "benchmarks" / "bad_inputs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks_bad_inputs", ROOT / "benchmarks" / "bad_inputs.py")
     assert module.main(["--groups", "selector,labels,mm_token_type_ids", "--out", str(tmp_path / "out.json")]) == 0
     results = json.loads((tmp_path / "out.json").read_text())["results"]
     assert len(results) == 46

@@ -3,28 +3,20 @@ MAC model (`vision_macs`, `llm_macs`) has each family's structure. Timings are n
 
 import argparse
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import load_script
 
 from modeling_visionselector import VISIONSELECTOR_CLASSES, VisionSelectorForConditionalGeneration, num_kept_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the module runs
-    spec.loader.exec_module(module)
-    return module
-
-
-prefill = _load("benchmarks_prefill", ROOT / "benchmarks" / "prefill.py")
-generate = _load("hub_configs_generate", ROOT / "hub_configs" / "generate.py")
+prefill = load_script("benchmarks_prefill", ROOT / "benchmarks" / "prefill.py")
+generate = load_script("hub_configs_generate", ROOT / "hub_configs" / "generate.py")
 
 FAMILIES = list(prefill.FAMILIES)
 GRIDS = [(1, 2, 2), (1, 16, 16), (1, 64, 64), (8, 16, 16)]

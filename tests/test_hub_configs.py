@@ -5,22 +5,19 @@ Models are built on the meta device (no memory): at full size to count the backb
 layer and one vision block to compare the VisionSelector model with the stock one.
 """
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load_script
+
 from modeling_visionselector import CONFIG_CLASSES, VISIONSELECTOR_CLASSES
 from visionselector.tiny import FAMILIES
 
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
-_spec = importlib.util.spec_from_file_location("hub_configs_generate", HUB_CONFIGS / "generate.py")
-generate = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = generate  # dataclasses look their module up while the module runs
-_spec.loader.exec_module(generate)
+generate = load_script("hub_configs_generate", HUB_CONFIGS / "generate.py")
 
 NAMES = list(generate.BACKBONES)
 # What the table must hold: every family, and the sizes issue 10 asks for.

@@ -1,27 +1,19 @@
 """benchmarks/training_memory.py and benchmarks/data_memory.py on tiny inputs: the activation formula against what
 autograd keeps on a small model, the table's structure, and a lazily read LLaVA file."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the module runs
-    spec.loader.exec_module(module)
-    return module
-
-
-training_memory = _load("benchmarks_training_memory", ROOT / "benchmarks" / "training_memory.py")
-data_memory = _load("benchmarks_data_memory", ROOT / "benchmarks" / "data_memory.py")
+training_memory = load_script("benchmarks_training_memory", ROOT / "benchmarks" / "training_memory.py")
+data_memory = load_script("benchmarks_data_memory", ROOT / "benchmarks" / "data_memory.py")
 
 
 @pytest.fixture(autouse=True)
