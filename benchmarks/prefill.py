@@ -82,26 +82,13 @@ from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the CPU memory profiler's start/stop lines off stderr
 import torch  # noqa: E402
-from transformers import (  # noqa: E402
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen3_5Config,
-    Qwen3_5ForConditionalGeneration,
-    Qwen3_5MoeConfig,
-    Qwen3_5MoeForConditionalGeneration,
-    Qwen3VLConfig,
-    Qwen3VLForConditionalGeneration,
-    Qwen3VLMoeConfig,
-    Qwen3VLMoeForConditionalGeneration,
-)
 
+from modeling_visionselector import FAMILIES as MODEL_FAMILIES  # noqa: E402
 from modeling_visionselector import (  # noqa: E402
-    VisionSelectorForConditionalGeneration,
     VisionSelectorScorer,
+    from_backbone,
     num_kept_tokens,
-    topk_indices,
+    select_tokens,
 )
 
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 5, 6, 3, 4
@@ -144,19 +131,31 @@ class Architecture:
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """One Qwen-VL family in the benchmark: the full-size model whose structure it copies, and how to build one."""
+    """One Qwen-VL family in the benchmark: the full-size model whose structure it copies, and how to build one. The
+    stock classes and the video layout are the family's description (`modeling_visionselector.FAMILIES`)."""
 
+    model_type: str  # the stock `model_type`, the key of the family's description
     label: str  # the full-size model, as the tables name it
     backbone: str  # its Hub id
     full: Architecture
-    stock_class: type
-    config_class: type
     vision_fields: Callable[[Architecture], dict]  # the family's `vision_config` for an architecture
     rope: dict  # the text rope parameters but the mRoPE sections
     mrope_split: tuple[int, int, int]  # the full model's mRoPE sections (t, h, w), of its head dim / 2
-    video_per_frame: bool = False  # a video is one <vision_start> ... <vision_end> block per frame, timestamps between
     vision_mlp_per_width: bool = False  # the config states the vision MLP as an integer multiple of the width
     partial_rotary: float = 1.0  # the share of each head's dims that rotate (of the benchmark model; Qwen3.5: 0.5)
+
+    @property
+    def stock_class(self) -> type:
+        return MODEL_FAMILIES[self.model_type].stock_model
+
+    @property
+    def config_class(self) -> type:
+        return MODEL_FAMILIES[self.model_type].stock_config
+
+    @property
+    def video_per_frame(self) -> bool:
+        """A video is one <vision_start> ... <vision_end> block per frame, timestamps between."""
+        return MODEL_FAMILIES[self.model_type].video_per_frame
 
 
 def _qwen2_vl_vision(a: Architecture) -> dict:
@@ -194,51 +193,52 @@ _QWEN3_5_LINEAR = dict(llm_full_attention_interval=4, linear_key_heads=16, linea
 # One row per family: the full-size model of `hub_configs/` whose structure the benchmark copies (a test checks the
 # numbers against that table).
 FAMILIES = {
-    "qwen2_vl": Family(
-        "7B", "Qwen/Qwen2-VL-7B-Instruct",
-        Architecture(vision_hidden=1280, vision_mlp=5120, llm_hidden=3584, llm_mlp=18944, llm_heads=28, llm_kv_heads=4,
-                     llm_head_dim=128, llm_layers=28, vision_depth=32, vision_full_attention=tuple(range(32)),
-                     vision_mlp_matrices=2),
-        Qwen2VLForConditionalGeneration, Qwen2VLConfig, _qwen2_vl_vision, _QWEN2_ROPE, (16, 24, 24),
-        vision_mlp_per_width=True,
-    ),
-    "qwen2_5_vl": Family(
-        "7B", "Qwen/Qwen2.5-VL-7B-Instruct",
-        Architecture(vision_hidden=1280, vision_mlp=3420, llm_hidden=3584, llm_mlp=18944, llm_heads=28, llm_kv_heads=4,
-                     llm_head_dim=128, llm_layers=28, vision_depth=32, vision_full_attention=(7, 15, 23, 31)),
-        Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig, _qwen2_5_vl_vision, _QWEN2_ROPE, (16, 24, 24),
-    ),
-    "qwen3_vl": Family(
-        "8B", "Qwen/Qwen3-VL-8B-Instruct",
-        Architecture(llm_hidden=4096, llm_mlp=12288, llm_heads=32, llm_kv_heads=8, llm_head_dim=128, llm_layers=36,
-                     **_QWEN3_VL_8B_VISION),
-        Qwen3VLForConditionalGeneration, Qwen3VLConfig, _qwen3_vl_vision, _QWEN3_ROPE, (24, 20, 20),
-        video_per_frame=True,
-    ),
-    "qwen3_vl_moe": Family(
-        "30B-A3B", "Qwen/Qwen3-VL-30B-A3B-Instruct",
-        Architecture(llm_hidden=2048, llm_mlp=768, llm_heads=32, llm_kv_heads=4, llm_head_dim=128, llm_layers=48,
-                     llm_experts=128, llm_active_experts=8, **_QWEN3_VL_8B_VISION),
-        Qwen3VLMoeForConditionalGeneration, Qwen3VLMoeConfig, _qwen3_vl_vision, _QWEN3_ROPE, (24, 20, 20),
-        video_per_frame=True,
-    ),
-    # The full-size models rotate a quarter of their 256-dim heads (mRoPE sections 11, 11, 10); the benchmark model's
-    # heads of 16 rotate half (4 frequencies), as rotary costs no MACs here.
-    "qwen3_5": Family(
-        "27B", "Qwen/Qwen3.5-27B",
-        Architecture(llm_hidden=5120, llm_mlp=17408, llm_heads=24, llm_kv_heads=4, llm_head_dim=256, llm_layers=64,
-                     linear_value_heads=48, **_QWEN3_5_LINEAR, **_QWEN3_5_VISION),
-        Qwen3_5ForConditionalGeneration, Qwen3_5Config, _qwen3_5_vision, _QWEN3_5_ROPE, (11, 11, 10),
-        video_per_frame=True, partial_rotary=0.5,
-    ),
-    "qwen3_5_moe": Family(
-        "35B-A3B", "Qwen/Qwen3.5-35B-A3B",
-        Architecture(llm_hidden=2048, llm_mlp=512, llm_heads=16, llm_kv_heads=2, llm_head_dim=256, llm_layers=40,
-                     llm_experts=256, llm_active_experts=8, llm_shared_expert_mlp=512, linear_value_heads=32,
-                     **_QWEN3_5_LINEAR, **_QWEN3_5_VISION),
-        Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeConfig, _qwen3_5_vision, _QWEN3_5_ROPE, (11, 11, 10),
-        video_per_frame=True, partial_rotary=0.5,
-    ),
+    row.model_type: row
+    for row in (
+        Family(
+            "qwen2_vl", "7B", "Qwen/Qwen2-VL-7B-Instruct",
+            Architecture(vision_hidden=1280, vision_mlp=5120, llm_hidden=3584, llm_mlp=18944, llm_heads=28, llm_kv_heads=4,
+                         llm_head_dim=128, llm_layers=28, vision_depth=32, vision_full_attention=tuple(range(32)),
+                         vision_mlp_matrices=2),
+            _qwen2_vl_vision, _QWEN2_ROPE, (16, 24, 24),
+            vision_mlp_per_width=True,
+        ),
+        Family(
+            "qwen2_5_vl", "7B", "Qwen/Qwen2.5-VL-7B-Instruct",
+            Architecture(vision_hidden=1280, vision_mlp=3420, llm_hidden=3584, llm_mlp=18944, llm_heads=28, llm_kv_heads=4,
+                         llm_head_dim=128, llm_layers=28, vision_depth=32, vision_full_attention=(7, 15, 23, 31)),
+            _qwen2_5_vl_vision, _QWEN2_ROPE, (16, 24, 24),
+        ),
+        Family(
+            "qwen3_vl", "8B", "Qwen/Qwen3-VL-8B-Instruct",
+            Architecture(llm_hidden=4096, llm_mlp=12288, llm_heads=32, llm_kv_heads=8, llm_head_dim=128, llm_layers=36,
+                         **_QWEN3_VL_8B_VISION),
+            _qwen3_vl_vision, _QWEN3_ROPE, (24, 20, 20),
+        ),
+        Family(
+            "qwen3_vl_moe", "30B-A3B", "Qwen/Qwen3-VL-30B-A3B-Instruct",
+            Architecture(llm_hidden=2048, llm_mlp=768, llm_heads=32, llm_kv_heads=4, llm_head_dim=128, llm_layers=48,
+                         llm_experts=128, llm_active_experts=8, **_QWEN3_VL_8B_VISION),
+            _qwen3_vl_vision, _QWEN3_ROPE, (24, 20, 20),
+        ),
+        # The full-size models rotate a quarter of their 256-dim heads (mRoPE sections 11, 11, 10); the benchmark
+        # model's heads of 16 rotate half (4 frequencies), as rotary costs no MACs here.
+        Family(
+            "qwen3_5", "27B", "Qwen/Qwen3.5-27B",
+            Architecture(llm_hidden=5120, llm_mlp=17408, llm_heads=24, llm_kv_heads=4, llm_head_dim=256, llm_layers=64,
+                         linear_value_heads=48, **_QWEN3_5_LINEAR, **_QWEN3_5_VISION),
+            _qwen3_5_vision, _QWEN3_5_ROPE, (11, 11, 10),
+            partial_rotary=0.5,
+        ),
+        Family(
+            "qwen3_5_moe", "35B-A3B", "Qwen/Qwen3.5-35B-A3B",
+            Architecture(llm_hidden=2048, llm_mlp=512, llm_heads=16, llm_kv_heads=2, llm_head_dim=256, llm_layers=40,
+                         llm_experts=256, llm_active_experts=8, llm_shared_expert_mlp=512, linear_value_heads=32,
+                         **_QWEN3_5_LINEAR, **_QWEN3_5_VISION),
+            _qwen3_5_vision, _QWEN3_5_ROPE, (11, 11, 10),
+            partial_rotary=0.5,
+        ),
+    )
 }
 
 
@@ -517,7 +517,7 @@ def bench_input(family: Family, label, kind, grid, ratios, args, device, dtype) 
     arch = benchmark_architecture(family, grid, args.width_divisor, other_tokens)
     torch.manual_seed(0)
     stock = family.stock_class(qwen_config(family, arch, args.attn)).to(device, dtype).eval()
-    model = VisionSelectorForConditionalGeneration.from_backbone(stock).eval()  # the family's class, sharing the tensors
+    model = from_backbone(stock).eval()  # the family's class, sharing the tensors
     inputs = make_inputs(family, kind, grid, device, dtype)
     visual = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
     n = grid[0] * grid[1] * grid[2]
@@ -535,7 +535,8 @@ def bench_input(family: Family, label, kind, grid, ratios, args, device, dtype) 
         selections[ratio] = model.select_visual_tokens(**visual, retention_ratio=ratio)
         llm_inputs = _pruned_llm_inputs(model, inputs, selections[ratio])
         fns[f"pruned@{ratio}"] = lambda ratio=ratio: model(**inputs, retention_ratio=ratio, use_cache=True, logits_to_keep=1)
-        fns[f"select@{ratio}"] = lambda ratio=ratio: topk_indices(model.scorer(flat, lengths), lengths, ratio)
+        kept = [num_kept_tokens(n, ratio) for n in lengths]
+        fns[f"select@{ratio}"] = lambda kept=kept: select_tokens(model.scorer(flat, lengths), lengths, kept)
         fns[f"llm@{ratio}"] = lambda llm_inputs=llm_inputs: _llm_prefill(model, llm_inputs)
 
     outputs, peaks = {}, {}
@@ -630,7 +631,7 @@ def bench_scorer(sizes, width: int, repeats: int, device, dtype, naive_max_gib: 
 
         fns = {
             "scorer_s": lambda: scorer(features, [n]),
-            "scorer_topk_s": lambda: topk_indices(scorer(features, [n]), [n], 0.2),
+            "scorer_topk_s": lambda: select_tokens(scorer(features, [n]), [n], [num_kept_tokens(n, 0.2)]),
         }
         row = {"tokens": n, "width": width, "naive_s": None}
         if n * n * 4 / 2**30 <= naive_max_gib:

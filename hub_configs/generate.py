@@ -33,9 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3_5Config, Qwen3_5MoeConfig, Qwen3VLConfig, Qwen3VLMoeConfig
-
 from modeling_visionselector import CONFIG_CLASSES
+from modeling_visionselector import FAMILIES as MODEL_FAMILIES
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,10 +84,10 @@ SOURCES = {
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """What every size of a family shares, and the layout of its official `config.json`."""
+    """What every size of a family shares, and the layout of its official `config.json`; the stock classes are the
+    family's description (`modeling_visionselector.FAMILIES`)."""
 
-    stock_config: type  # the transformers configuration class the official config.json is read with
-    architecture: str
+    model_type: str  # the stock `model_type`, the key of the family's description
     top: dict  # top-level fields
     text: dict  # language-model fields
     vision: dict  # vision-tower fields
@@ -96,9 +95,18 @@ class Family:
     nested: bool  # True: text fields under `text_config` (Qwen3-VL); False: flat (Qwen2-VL, Qwen2.5-VL)
 
     @property
+    def stock_config(self) -> type:
+        """The transformers configuration class the official config.json is read with."""
+        return MODEL_FAMILIES[self.model_type].stock_config
+
+    @property
+    def architecture(self) -> str:
+        return MODEL_FAMILIES[self.model_type].stock_model.__name__
+
+    @property
     def config_class(self):
         """The VisionSelector configuration class of the family."""
-        return CONFIG_CLASSES[self.stock_config.model_type]
+        return CONFIG_CLASSES[self.model_type]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +160,7 @@ _QWEN3_5_VISION = dict(depth=27, hidden_size=1152, intermediate_size=4304, hidde
 
 FAMILIES = {
     "qwen2_vl": Family(
-        stock_config=Qwen2VLConfig,
-        architecture="Qwen2VLForConditionalGeneration",
+        model_type="qwen2_vl",
         top=_QWEN2_IDS,
         text={**_QWEN2_TEXT, "max_position_embeddings": 32768, "sliding_window": 32768},
         # 675M-parameter tower: full attention in every block, 2-matrix MLP at 4x width (`hidden_size` = LLM width)
@@ -163,8 +170,7 @@ FAMILIES = {
         nested=False,
     ),
     "qwen2_5_vl": Family(
-        stock_config=Qwen2_5_VLConfig,
-        architecture="Qwen2_5_VLForConditionalGeneration",
+        model_type="qwen2_5_vl",
         top=_QWEN2_IDS,
         text={**_QWEN2_TEXT, "max_position_embeddings": 128000, "sliding_window": 32768},
         # 675M-parameter tower, the same in every size: windowed attention but 4 blocks, SwiGLU MLP
@@ -175,8 +181,7 @@ FAMILIES = {
         nested=False,
     ),
     "qwen3_vl": Family(
-        stock_config=Qwen3VLConfig,
-        architecture="Qwen3VLForConditionalGeneration",
+        model_type="qwen3_vl",
         top=_QWEN3_IDS,
         text=_QWEN3_TEXT,
         vision=_QWEN3_VISION,
@@ -184,8 +189,7 @@ FAMILIES = {
         nested=True,
     ),
     "qwen3_vl_moe": Family(
-        stock_config=Qwen3VLMoeConfig,
-        architecture="Qwen3VLMoeForConditionalGeneration",
+        model_type="qwen3_vl_moe",
         top=_QWEN3_IDS,
         text={**_QWEN3_TEXT, "decoder_sparse_step": 1, "mlp_only_layers": [], "num_experts": 128,
               "num_experts_per_tok": 8},
@@ -194,8 +198,7 @@ FAMILIES = {
         nested=True,
     ),
     "qwen3_5": Family(
-        stock_config=Qwen3_5Config,
-        architecture="Qwen3_5ForConditionalGeneration",
+        model_type="qwen3_5",
         top=_QWEN3_5_IDS,
         text=_QWEN3_5_TEXT,
         vision=_QWEN3_5_VISION,
@@ -203,8 +206,7 @@ FAMILIES = {
         nested=True,
     ),
     "qwen3_5_moe": Family(
-        stock_config=Qwen3_5MoeConfig,
-        architecture="Qwen3_5MoeForConditionalGeneration",
+        model_type="qwen3_5_moe",
         top=_QWEN3_5_IDS,
         text=_QWEN3_5_TEXT,
         vision=_QWEN3_5_VISION,

@@ -58,6 +58,14 @@ def check_transformers_version() -> None:
         )
 
 
+def missing_internal(error: ImportError) -> ImportError:
+    """The `ImportError` to raise when an import of a transformers internal fails: it names the installed release."""
+    return ImportError(
+        f"VisionSelector relies on a transformers internal that transformers {transformers.__version__} lacks ({error}); "
+        f"it was tested with transformers {TESTED_TRANSFORMERS}: `pip install 'transformers{TESTED_TRANSFORMERS}'`."
+    )
+
+
 def stock_internal_error(internal: str, problem: str) -> StockInternalError:
     """The error for a stock `internal` (e.g. `Qwen2_5_VLModel.get_rope_index`) that `problem` describes."""
     return StockInternalError(

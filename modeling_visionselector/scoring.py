@@ -103,17 +103,20 @@ class VisionSelectorScorer(nn.Module):
 
 
 def item_topk(scores: torch.Tensor, k: int) -> torch.LongTensor:
-    """Ascending indices of the k highest of one item's `(n,)` scores."""
+    """Ascending indices of the k highest of one item's `(n,)` scores: the `learned` selector's rule."""
     return torch.topk(scores, k, sorted=False).indices.sort().values
 
 
 def topk_indices(scores: torch.Tensor, lengths: list[int], retention_ratio: float) -> list[torch.LongTensor]:
-    """The kept tokens of each item: its `num_kept_tokens` highest scores, as ascending indices into the item."""
-    return [item_topk(item, num_kept_tokens(item.shape[0], retention_ratio)) for item in torch.split(scores, lengths)]
+    """The kept tokens of each item at `retention_ratio` (its `num_kept_tokens` highest scores, as ascending indices
+    into the item), by `selectors.select_tokens`."""
+    from .selectors import select_tokens
+
+    return select_tokens(scores, lengths, [num_kept_tokens(n, retention_ratio) for n in lengths])
 
 
 def hard_topk_mask(scores: torch.Tensor, lengths: list[int], retention_ratio: float) -> torch.Tensor:
-    """`(N,)` float mask with 1 at the tokens `topk_indices` keeps and 0 elsewhere."""
+    """`(N,)` float mask with 1 at the tokens `topk_indices` keeps (the inference selection) and 0 elsewhere."""
     mask = torch.zeros_like(scores)
     offsets = [0] + torch.tensor(lengths).cumsum(0).tolist()[:-1]
     for offset, kept in zip(offsets, topk_indices(scores, lengths, retention_ratio)):

@@ -170,8 +170,50 @@ SELECTORS = {
 }
 
 
+# The selectors that read the learned scores; the others are the training-free baselines.
+SCORE_READING_SELECTORS = ("learned", "learned+diversity")
+TRAINING_FREE_SELECTORS = tuple(name for name in SELECTORS if name not in SCORE_READING_SELECTORS)
+
+
 def get_selector(name: str):
     """The selector called `name`, or a `ValueError` listing the accepted names."""
     if not isinstance(name, str) or name not in SELECTORS:
         raise ValueError(f"Unknown selector {name!r}; accepted: {sorted(SELECTORS)}.")
     return SELECTORS[name]
+
+
+def select_tokens(
+    scores: torch.Tensor,
+    lengths: list[int],
+    kept: list[int],
+    selector: str = "learned",
+    features: torch.Tensor | None = None,
+    grids: list[tuple[int, int, int]] | None = None,
+) -> list[torch.LongTensor]:
+    """The one rule that decides which merged visual tokens are kept; every path calls it: pruned `forward` and
+    `generate` (through `select_visual_tokens`), training's hard top-k mask (`hard_topk_mask`), the vLLM model and the
+    benchmarks.
+
+    Args:
+        scores (`torch.Tensor` of shape `(N,)`): the scores of the merged tokens of all items, item after item.
+        lengths (`list[int]`): tokens per item; they sum to N.
+        kept (`list[int]`): how many tokens each item keeps (`num_kept_tokens`), 1 <= kept[i] <= lengths[i].
+        selector (`str`, *optional*, defaults to `"learned"`): the rule, a name of `SELECTORS`.
+        features (`torch.Tensor` of shape `(N, D)`, *optional*): the merged tokens; the training-free selectors and
+            `learned+diversity` read them.
+        grids (`list[tuple[int, int, int]]`, *optional*): each item's merged (t, h, w) grid; `uniform` reads it.
+
+    Returns:
+        `list[torch.LongTensor]`: per item, the ascending indices of its kept tokens.
+    """
+    choose = get_selector(selector)
+    if len(kept) != len(lengths) or any(not 1 <= k <= n for k, n in zip(kept, lengths)):
+        raise ValueError(f"`kept` must give each item 1 to its length {lengths} tokens, got {kept}.")
+    if selector != "learned" and features is None:
+        raise ValueError(f"The selector {selector!r} reads the visual features: pass `features`.")
+    item_features = [None] * len(lengths) if features is None else torch.split(features, lengths)
+    item_grids = [None] * len(lengths) if grids is None else grids
+    return [
+        choose(item, item_scores, k, grid)
+        for item, item_scores, k, grid in zip(item_features, torch.split(scores, lengths), kept, item_grids)
+    ]

@@ -10,6 +10,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Qwe
 from modeling_visionselector import (
     VisionSelectorConfig,
     VisionSelectorForConditionalGeneration,
+    VisionSelectorQwen2_5_VLConfig,
+    VisionSelectorQwen2_5_VLForConditionalGeneration,
     VisionSelectorScorer,
 )
 from oracle import masked_attention
@@ -100,6 +102,26 @@ def test_tied_embeddings_stay_tied():
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
 
 
+def test_a_checkpoint_naming_the_first_qwen2_5_vl_class_names_loads(model, make_inputs, tmp_path):
+    """Published checkpoints name `VisionSelectorConfig` / `VisionSelectorForConditionalGeneration` in `auto_map` and
+    `architectures`: those names still load, as remote code and in-package, to the explicit Qwen2.5-VL classes."""
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["architectures"] = ["VisionSelectorForConditionalGeneration"]
+    config["auto_map"] = {"AutoConfig": "configuration_visionselector.VisionSelectorConfig"} | {
+        name: "modeling_visionselector.VisionSelectorForConditionalGeneration"
+        for name in ("AutoModel", "AutoModelForImageTextToText", "AutoModelForVision2Seq")
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert type(loaded).__name__ == "VisionSelectorQwen2_5_VLForConditionalGeneration"
+    assert VisionSelectorForConditionalGeneration is VisionSelectorQwen2_5_VLForConditionalGeneration
+    assert VisionSelectorConfig is VisionSelectorQwen2_5_VLConfig
+    inputs = make_inputs(ONE_IMAGE_EACH)
+    kwargs = dict(retention_ratio=0.3, max_new_tokens=4, do_sample=False)
+    assert torch.equal(loaded.generate(**inputs, **kwargs), model.generate(**inputs, **kwargs))
+
+
 def test_save_pretrained_round_trip_keeps_every_tensor(model, tmp_path):
     model.save_pretrained(tmp_path)
     loaded = VisionSelectorForConditionalGeneration.from_pretrained(tmp_path)
@@ -110,17 +132,18 @@ def test_save_pretrained_round_trip_keeps_every_tensor(model, tmp_path):
 def test_remote_code_round_trip(model, make_inputs, tmp_path):
     """save_pretrained ships the code and a complete auto_map; the auto classes load it as remote code."""
     model.save_pretrained(tmp_path)
-    for name in ("modeling_visionselector.py", "configuration_visionselector.py", "scoring.py", "pruning.py"):
+    for name in ("modeling_visionselector.py", "configuration_visionselector.py", "families.py", "loading.py",
+                 "pruning.py", "generation.py", "scoring.py", "selectors.py", "compatibility.py"):
         assert (tmp_path / name).is_file(), name
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
-    assert auto_map["AutoConfig"] == "configuration_visionselector.VisionSelectorConfig"
+    assert auto_map["AutoConfig"] == "configuration_visionselector.VisionSelectorQwen2_5_VLConfig"
     for auto_class in ("AutoModel", "AutoModelForImageTextToText"):
-        assert auto_map[auto_class] == "modeling_visionselector.VisionSelectorForConditionalGeneration"
+        assert auto_map[auto_class] == "modeling_visionselector.VisionSelectorQwen2_5_VLForConditionalGeneration"
 
-    assert type(AutoConfig.from_pretrained(tmp_path, trust_remote_code=True)).__name__ == "VisionSelectorConfig"
+    assert type(AutoConfig.from_pretrained(tmp_path, trust_remote_code=True)).__name__ == "VisionSelectorQwen2_5_VLConfig"
     for auto_class in (AutoModel, AutoModelForImageTextToText):
         loaded = auto_class.from_pretrained(tmp_path, trust_remote_code=True).eval()
-        assert type(loaded).__name__ == "VisionSelectorForConditionalGeneration"
+        assert type(loaded).__name__ == "VisionSelectorQwen2_5_VLForConditionalGeneration"
         assert type(loaded).__module__.startswith("transformers_modules"), type(loaded).__module__
         assert_same_tensors(model.state_dict(), loaded.state_dict())
     assert str(tmp_path) not in os.environ["HF_MODULES_CACHE"]

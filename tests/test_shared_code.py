@@ -70,8 +70,8 @@ def test_a_scorer_pointing_at_the_code_repository_ships_no_code_and_loads_from_i
     assert not list(artifact.glob("*.py"))
     references = auto_map(artifact)
     assert set(references) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText", "AutoModelForVision2Seq"}
-    assert references["AutoConfig"] == f"{code_dir}--configuration_visionselector.VisionSelectorConfig"
-    assert references["AutoModel"] == f"{code_dir}--modeling_visionselector.VisionSelectorForConditionalGeneration"
+    assert references["AutoConfig"] == f"{code_dir}--configuration_visionselector.VisionSelectorQwen2_5_VLConfig"
+    assert references["AutoModel"] == f"{code_dir}--modeling_visionselector.VisionSelectorQwen2_5_VLForConditionalGeneration"
     assert f"`{code_dir}`" in (artifact / "README.md").read_text()
 
     loaded = AutoModel.from_pretrained(artifact, trust_remote_code=True).eval()
@@ -83,7 +83,7 @@ def test_a_scorer_pointing_at_the_code_repository_ships_no_code_and_loads_from_i
 def test_by_default_a_scorer_ships_its_own_code(trained, tmp_path):
     artifact = save_scorer(trained, tmp_path / "scorer")
     assert sorted(p.name for p in artifact.glob("*.py")) == sorted(code_files())
-    assert auto_map(artifact)["AutoModel"] == "modeling_visionselector.VisionSelectorForConditionalGeneration"
+    assert auto_map(artifact)["AutoModel"] == "modeling_visionselector.VisionSelectorQwen2_5_VLForConditionalGeneration"
 
 
 @pytest.mark.parametrize(
@@ -109,7 +109,7 @@ def test_push_points_at_a_hub_code_repository_and_push_code_uploads_the_code(tra
     push_scorer_to_hub(trained, "me/scorer", api=api, code_repo="me/visionselector-code", **hub)
     assert not list((tmp_path / "uploaded").glob("*.py"))
     assert auto_map(tmp_path / "uploaded")["AutoModel"] == (
-        "me/visionselector-code--modeling_visionselector.VisionSelectorForConditionalGeneration"
+        "me/visionselector-code--modeling_visionselector.VisionSelectorQwen2_5_VLForConditionalGeneration"
     )
     with pytest.warns(UserWarning, match="points at the local folder .* for its code"):
         push_scorer_to_hub(trained, "me/scorer", api=RecordingApi(tmp_path / "local"), code_repo=str(code_dir), **hub)

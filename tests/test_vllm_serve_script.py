@@ -49,7 +49,7 @@ def test_model_folders_have_the_7b_structure_and_offline_token_ids(tmp_path):
     selector = AutoConfig.from_pretrained(folders["visionselector"], trust_remote_code=True)
     assert stock.model_type == "qwen2_5_vl" and stock.architectures == ["Qwen2_5_VLForConditionalGeneration"]
     assert selector.model_type == "visionselector_qwen2_5_vl"
-    assert selector.architectures == ["VisionSelectorForConditionalGeneration"]
+    assert selector.architectures == ["VisionSelectorQwen2_5_VLForConditionalGeneration"]
     assert selector.scorer_hidden_size == reference["scorer_hidden_size"]
     for config in (stock, selector):
         for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size",

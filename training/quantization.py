@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from modeling_visionselector.modeling_visionselector import scorer_unquantized
+from modeling_visionselector.loading import scorer_unquantized
 
 # The command line's `--load_in_8bit` / `--load_in_4bit` and what they load with.
 QUANTIZATION_CHOICES = ("torchao_int8", "bnb_8bit", "bnb_4bit")

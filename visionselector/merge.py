@@ -29,7 +29,8 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cache
 from transformers import PreTrainedConfig
 
 from visionselector.output_folders import written_folder
-from modeling_visionselector.modeling_visionselector import (
+from modeling_visionselector import (
+    BACKBONE_LOCATION_KWARGS,
     SCORER_PREFIX,
     SCORER_WEIGHTS_NAME,
     check_scorer_tensors,
@@ -55,7 +56,8 @@ PROCESSOR_FILES = (
 )
 # the artifact ships a processor when it holds one of these
 PROCESSOR_MARKERS = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
-LOCATION_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "token")
+# The `from_pretrained` arguments that say where the artifact and its backbone are (`revision` is the artifact's own).
+LOCATION_KWARGS = BACKBONE_LOCATION_KWARGS
 
 
 def _optional_file(repo, filename, **kwargs) -> str | None:

@@ -42,7 +42,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cache
 from transformers import PreTrainedConfig
 
 from modeling_visionselector.configuration_visionselector import VisionSelectorFields
-from modeling_visionselector.modeling_visionselector import (
+from modeling_visionselector import (
     SCORER_PREFIX,
     SCORER_WEIGHTS_NAME,
     VisionSelectorForConditionalGeneration,
@@ -64,7 +64,8 @@ ResultsType = Sequence[Mapping[str, object]] | str | os.PathLike | None
 def code_files() -> list[str]:
     """The names of the remote-code files: the modeling file and every file it imports, flat (as checkpoints ship them)."""
     modeling_file = sys.modules[VisionSelectorForConditionalGeneration.__module__].__file__
-    return [Path(modeling_file).name, *sorted(Path(f).name for f in get_relative_import_files(modeling_file))]
+    imported = {Path(f).name for f in get_relative_import_files(modeling_file)} - {Path(modeling_file).name}
+    return [Path(modeling_file).name, *sorted(imported)]
 
 
 def _code_repo_of(auto_map: dict | None) -> str | None:
@@ -88,7 +89,8 @@ def save_code(save_directory: str | os.PathLike, repo_id: str | None = None) -> 
         "---\nlibrary_name: transformers\ntags:\n- visionselector\n---\n\n"
         f"# {name.split('/')[-1]}\n\nThe [VisionSelector]({PAPER_URL}) model code (`{'`, `'.join(code_files())}`) that VisionSelector "
         "scorer repositories load with `trust_remote_code=True`: their `config.json` names it in `auto_map` "
-        f'(`"{name}--modeling_visionselector.VisionSelectorForConditionalGeneration"`), so they ship no code of '
+        f'(`"{name}--modeling_visionselector.VisionSelectorQwen2_5_VLForConditionalGeneration"` and the other '
+        "families' classes), so they ship no code of "
         "their own and a fix here reaches them all. Pin a version with `from_pretrained(..., code_revision=...)`.\n"
     )
     return folder

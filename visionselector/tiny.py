@@ -8,22 +8,10 @@ stock `model_type`, are `FAMILIES`; `tiny_model(family)` and `tiny_processor(fam
 from __future__ import annotations
 
 import torch
-from transformers import (
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen3_5Config,
-    Qwen3_5ForConditionalGeneration,
-    Qwen3_5MoeConfig,
-    Qwen3_5MoeForConditionalGeneration,
-    Qwen3VLConfig,
-    Qwen3VLForConditionalGeneration,
-    Qwen3VLMoeConfig,
-    Qwen3VLMoeForConditionalGeneration,
-)
+from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3_5Config, Qwen3_5MoeConfig, Qwen3VLConfig, Qwen3VLMoeConfig
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+from modeling_visionselector.families import FAMILIES as MODEL_FAMILIES
+
 # Special token ids of `tiny_tokenizer`, the same in every family's tiny config.
 TOKEN_IDS = dict(image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4)
 
@@ -194,21 +182,24 @@ def tiny_qwen3_5_config(
     return config_class(text_config=text_config, vision_config=vision_config, **TOKEN_IDS, **overrides)
 
 
-_FAMILY_BUILDERS = {
-    "qwen2_vl": (tiny_qwen2_vl_config, Qwen2VLForConditionalGeneration),
-    "qwen2_5_vl": (tiny_qwen2_5_vl_config, Qwen2_5_VLForConditionalGeneration),
-    "qwen3_vl": (tiny_qwen3_vl_config, Qwen3VLForConditionalGeneration),
-    "qwen3_vl_moe": (lambda **kwargs: tiny_qwen3_vl_config(moe=True, **kwargs), Qwen3VLMoeForConditionalGeneration),
-    "qwen3_5": (tiny_qwen3_5_config, Qwen3_5ForConditionalGeneration),
-    "qwen3_5_moe": (lambda **kwargs: tiny_qwen3_5_config(moe=True, **kwargs), Qwen3_5MoeForConditionalGeneration),
+# The toy-width config builder of each family; the stock model class is the family's description.
+_TINY_CONFIGS = {
+    "qwen2_vl": tiny_qwen2_vl_config,
+    "qwen2_5_vl": tiny_qwen2_5_vl_config,
+    "qwen3_vl": tiny_qwen3_vl_config,
+    "qwen3_vl_moe": lambda **kwargs: tiny_qwen3_vl_config(moe=True, **kwargs),
+    "qwen3_5": tiny_qwen3_5_config,
+    "qwen3_5_moe": lambda **kwargs: tiny_qwen3_5_config(moe=True, **kwargs),
 }
+# The families (stock `model_type`s of `modeling_visionselector.FAMILIES`) with a tiny builder: all (a test checks it).
+FAMILIES = tuple(family for family in MODEL_FAMILIES if family in _TINY_CONFIGS)
 
 
 def tiny_config(family: str = "qwen2_5_vl", **config_kwargs):
     """A toy-width config of `family` (one of `FAMILIES`), its token ids matching `tiny_tokenizer`."""
-    if family not in _FAMILY_BUILDERS:
+    if family not in FAMILIES:
         raise ValueError(f"Unknown family {family!r}; accepted: {list(FAMILIES)}.")
-    return _FAMILY_BUILDERS[family][0](**config_kwargs)
+    return _TINY_CONFIGS[family](**config_kwargs)
 
 
 def tiny_model(family: str = "qwen2_5_vl", seed: int = 0, attn_implementation: str = "sdpa", **config_kwargs):
@@ -216,7 +207,7 @@ def tiny_model(family: str = "qwen2_5_vl", seed: int = 0, attn_implementation: s
     config = tiny_config(family, **config_kwargs)
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    return _FAMILY_BUILDERS[family][1](config).eval()
+    return MODEL_FAMILIES[family].stock_model(config).eval()
 
 
 def tiny_qwen2_5_vl(seed: int = 0, attn_implementation: str = "sdpa", **config_kwargs):
@@ -258,27 +249,22 @@ def tiny_tokenizer(words=DEFAULT_WORDS, vocab_size: int = 128):
 
 def tiny_processor(min_pixels: int = 56 * 56, max_pixels: int = 224 * 224, family: str = "qwen2_5_vl", **tokenizer_kwargs):
     """An offline processor of `family` (the stock processor class; video processors need torchvision)."""
-    from transformers import (
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-        Qwen3VLProcessor,
-        Qwen3VLVideoProcessor,
-    )
+    import transformers
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLVideoProcessor
 
     if family not in FAMILIES:
         raise ValueError(f"Unknown family {family!r}; accepted: {list(FAMILIES)}.")
+    description = MODEL_FAMILIES[family]
+    processor_class = getattr(transformers, description.processor)
     tokenizer = tiny_tokenizer(**tokenizer_kwargs)
-    if family.startswith("qwen3"):
-        # Qwen3-VL: 16 px patches; videos as given (no frame sampling), at 1 frame per second
+    if description.patch_size == 16:
+        # Qwen3-VL and later: 16 px patches; videos as given (no frame sampling), at 1 frame per second
         size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         image_processor = Qwen2VLImageProcessor(patch_size=16, size=size)
         video_processor = Qwen3VLVideoProcessor(size=size, do_sample_frames=False)
-        return Qwen3VLProcessor(image_processor, tokenizer, video_processor, chat_template=CHAT_TEMPLATE)
+        return processor_class(image_processor, tokenizer, video_processor, chat_template=CHAT_TEMPLATE)
     image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
-    processor_class = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
     return processor_class(
         image_processor=image_processor,
         tokenizer=tokenizer,

@@ -18,9 +18,11 @@ from __future__ import annotations
 # yet are registered too, to a class that refuses them with a clear message: unregistered, vLLM would fall back to
 # its Transformers backend and serve them without pruning (or fail deep inside).
 ARCHITECTURES = {
-    "VisionSelectorForConditionalGeneration": (
-        "visionselector.vllm.model:VisionSelectorQwen2_5_VLForConditionalGeneration"
-    ),
+    **{
+        architecture: "visionselector.vllm.model:VisionSelectorQwen2_5_VLForConditionalGeneration"
+        # the explicit name, and the first one, which published checkpoints carry
+        for architecture in ("VisionSelectorQwen2_5_VLForConditionalGeneration", "VisionSelectorForConditionalGeneration")
+    },
     "VisionSelectorQwen3VLForConditionalGeneration": (
         "visionselector.vllm.model:VisionSelectorQwen3VLForConditionalGeneration"
     ),

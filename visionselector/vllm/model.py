@@ -43,7 +43,8 @@ from vllm.multimodal.inputs import MultiModalFeatureSpec
 from vllm.multimodal.utils import copy_mm_embedding_modality
 from vllm.utils.torch_utils import async_tensor_h2d
 
-from modeling_visionselector.scoring import VisionSelectorScorer, item_topk
+from modeling_visionselector.scoring import VisionSelectorScorer
+from modeling_visionselector.selectors import select_tokens
 
 from .positions import (
     NUM_OFFSET_CHANNELS,
@@ -239,7 +240,7 @@ class VisionSelectorServing:
         for item, k, grid, table in zip(features, num_kept, grids, tables):
             # the merged tokens' own features: Qwen3-VL's deepstack features follow them as more channels
             scores = self.scorer(item[:, : self.scorer.q_proj.in_features], [item.shape[0]])  # (n,)
-            kept = item_topk(scores, k)  # (k,) ascending
+            (kept,) = select_tokens(scores, [item.shape[0]], [k])  # (k,) ascending
             offsets = kept_token_offsets(kept, grid, async_tensor_h2d(table, kept.device))  # (k, 3)
             outputs.append(torch.cat([item[kept], encode_offsets(offsets, item.dtype)], dim=1))
         return outputs

@@ -1,16 +1,18 @@
 """Configuration of VisionSelector models: a Qwen-VL configuration plus the scorer and retention settings.
 
-One configuration class per backbone family, each a subclass of the stock one with its own `model_type`:
+One configuration class per backbone family (see `families.py`), each a subclass of the stock one with its own
+`model_type`, defined from the family's description by `define_config_class`:
 
 | class | stock configuration | `model_type` |
 | --- | --- | --- |
 | `VisionSelectorQwen2VLConfig` | `Qwen2VLConfig` | `visionselector_qwen2_vl` |
-| `VisionSelectorConfig` | `Qwen2_5_VLConfig` | `visionselector_qwen2_5_vl` |
+| `VisionSelectorQwen2_5_VLConfig` | `Qwen2_5_VLConfig` | `visionselector_qwen2_5_vl` |
 | `VisionSelectorQwen3VLConfig` | `Qwen3VLConfig` | `visionselector_qwen3_vl` |
 | `VisionSelectorQwen3VLMoeConfig` | `Qwen3VLMoeConfig` | `visionselector_qwen3_vl_moe` |
 | `VisionSelectorQwen3_5Config` | `Qwen3_5Config` | `visionselector_qwen3_5` |
 | `VisionSelectorQwen3_5MoeConfig` | `Qwen3_5MoeConfig` | `visionselector_qwen3_5_moe` |
 
+`VisionSelectorConfig` is the Qwen2.5-VL class under its first name (published checkpoints' `auto_map` use it).
 The fields VisionSelector adds are declared once, in `VisionSelectorFields`.
 """
 
@@ -27,16 +29,9 @@ from .compatibility import TRANSFORMERS_VERSION, check_transformers_version  # n
 check_transformers_version()
 
 from huggingface_hub.dataclasses import strict  # noqa: E402
-from transformers import (  # noqa: E402
-    PreTrainedConfig,
-    Qwen2_5_VLConfig,
-    Qwen2VLConfig,
-    Qwen3_5Config,
-    Qwen3_5MoeConfig,
-    Qwen3VLConfig,
-    Qwen3VLMoeConfig,
-)
+from transformers import PreTrainedConfig  # noqa: E402
 
+from .families import FAMILIES, Family  # noqa: E402
 from .scoring import validate_retention_ratio  # noqa: E402
 
 
@@ -126,78 +121,30 @@ class VisionSelectorFields:
         return cls(**values)
 
 
-@strict
-class VisionSelectorQwen2VLConfig(VisionSelectorFields, Qwen2VLConfig):
-    r"""
-    Configuration of a [`VisionSelectorQwen2VLForConditionalGeneration`]: every field of [`Qwen2VLConfig`] plus
-    those of [`VisionSelectorFields`].
-    """
-
-    model_type = "visionselector_qwen2_vl"
-    model_class_name = "VisionSelectorQwen2VLForConditionalGeneration"
+# The configuration class of each stock `model_type`.
+CONFIG_CLASSES: dict[str, type] = {}
 
 
-@strict
-class VisionSelectorConfig(VisionSelectorFields, Qwen2_5_VLConfig):
-    r"""
-    Configuration of a [`VisionSelectorForConditionalGeneration`] (Qwen2.5-VL): every field of [`Qwen2_5_VLConfig`]
-    plus those of [`VisionSelectorFields`].
-    """
-
-    model_type = "visionselector_qwen2_5_vl"
-    model_class_name = "VisionSelectorForConditionalGeneration"
-
-
-@strict
-class VisionSelectorQwen3VLConfig(VisionSelectorFields, Qwen3VLConfig):
-    r"""
-    Configuration of a [`VisionSelectorQwen3VLForConditionalGeneration`]: every field of [`Qwen3VLConfig`] plus
-    those of [`VisionSelectorFields`].
-    """
-
-    model_type = "visionselector_qwen3_vl"
-    model_class_name = "VisionSelectorQwen3VLForConditionalGeneration"
+def define_config_class(family: Family) -> type:
+    """The configuration class of `family` (`VisionSelector` + the stock class name), defined in this module."""
+    name = family.config_class_name
+    namespace = {
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": (
+            f"\n    Configuration of a [`{family.model_class_name}`] ({family.name}): every field of "
+            f"[`{family.stock_config.__name__}`]\n    plus those of [`VisionSelectorFields`].\n    "
+        ),
+        "model_type": family.visionselector_model_type,
+        "model_class_name": family.model_class_name,
+    }
+    config_class = strict(type(name, (VisionSelectorFields, family.stock_config), namespace))
+    globals()[name] = CONFIG_CLASSES[family.model_type] = config_class
+    return config_class
 
 
-@strict
-class VisionSelectorQwen3VLMoeConfig(VisionSelectorFields, Qwen3VLMoeConfig):
-    r"""
-    Configuration of a [`VisionSelectorQwen3VLMoeForConditionalGeneration`]: every field of [`Qwen3VLMoeConfig`]
-    plus those of [`VisionSelectorFields`].
-    """
+for _family in FAMILIES.values():
+    define_config_class(_family)
 
-    model_type = "visionselector_qwen3_vl_moe"
-    model_class_name = "VisionSelectorQwen3VLMoeForConditionalGeneration"
-
-
-@strict
-class VisionSelectorQwen3_5Config(VisionSelectorFields, Qwen3_5Config):
-    r"""
-    Configuration of a [`VisionSelectorQwen3_5ForConditionalGeneration`]: every field of [`Qwen3_5Config`] plus
-    those of [`VisionSelectorFields`].
-    """
-
-    model_type = "visionselector_qwen3_5"
-    model_class_name = "VisionSelectorQwen3_5ForConditionalGeneration"
-
-
-@strict
-class VisionSelectorQwen3_5MoeConfig(VisionSelectorFields, Qwen3_5MoeConfig):
-    r"""
-    Configuration of a [`VisionSelectorQwen3_5MoeForConditionalGeneration`]: every field of [`Qwen3_5MoeConfig`]
-    plus those of [`VisionSelectorFields`].
-    """
-
-    model_type = "visionselector_qwen3_5_moe"
-    model_class_name = "VisionSelectorQwen3_5MoeForConditionalGeneration"
-
-
-# The stock `model_type` each configuration class wraps.
-CONFIG_CLASSES = {
-    "qwen2_vl": VisionSelectorQwen2VLConfig,
-    "qwen2_5_vl": VisionSelectorConfig,
-    "qwen3_vl": VisionSelectorQwen3VLConfig,
-    "qwen3_vl_moe": VisionSelectorQwen3VLMoeConfig,
-    "qwen3_5": VisionSelectorQwen3_5Config,
-    "qwen3_5_moe": VisionSelectorQwen3_5MoeConfig,
-}
+# The first name of the Qwen2.5-VL configuration, kept: published checkpoints' `auto_map` and users' code use it.
+VisionSelectorConfig = CONFIG_CLASSES["qwen2_5_vl"]
