@@ -19,6 +19,9 @@ from modeling_visionselector import VisionSelectorForConditionalGeneration
 from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl
 from visionselector_training import (
     SCORER_CHECKPOINT_NAME,
+    ObjectiveOutput,
+    ObjectiveStep,
+    VisionSelectorObjective,
     VisionSelectorSFTConfig,
     VisionSelectorSFTTrainer,
     mask_hard_distance,
@@ -183,6 +186,105 @@ def test_mask_terms():
     assert mask_hard_distance(soft, hard).item() == pytest.approx((0.1 + 0.2 + 0.4 + 0.05) / 4)
     with pytest.raises(ValueError, match="shape"):
         mask_regularization(soft, hard[:3])
+
+
+# ---------------------------------------------------------------- objective
+
+
+class _Outputs(dict):
+    """What the objective reads of a model output: keys, also as attributes."""
+
+    __getattr__ = dict.__getitem__
+
+
+class TestObjective:
+    def test_default_objective_is_ce_plus_lambda_times_bce(self):
+        torch.manual_seed(0)
+        logits, labels = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+        labels[0, :3] = -100
+        soft, hard = torch.rand(6), (torch.rand(6) > 0.5).float()
+        outputs = _Outputs(logits=logits, soft_mask=soft, hard_mask=hard)
+        ce = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=-100)
+        bce = F.binary_cross_entropy(soft, hard)
+        objective = VisionSelectorObjective()
+
+        result = objective(outputs, labels, ObjectiveStep(reg_weight=0.5))
+        torch.testing.assert_close(result.loss, ce + 0.5 * bce)
+        assert set(result.metrics) == {"ce_loss", "reg_loss", "reg_weight"}
+        torch.testing.assert_close(result.metrics["ce_loss"], ce)
+        torch.testing.assert_close(result.metrics["reg_loss"], bce)
+        assert result.metrics["reg_weight"] == 0.5
+
+        # under accumulation: the CE over the step's supervised tokens (x the ranks DDP averages), the BCE a mean of
+        # the micro-batches; the logged CE stays this micro-batch's mean
+        supervised = int((labels[:, 1:] != -100).sum())
+        step = ObjectiveStep(reg_weight=0.5, num_items_in_batch=3 * supervised, gradient_accumulation_steps=3, num_processes=2)
+        result = objective(outputs, labels, step)
+        torch.testing.assert_close(result.loss, ce * supervised / (3 * supervised) * 2 + 0.5 * bce / 3)
+        torch.testing.assert_close(result.metrics["ce_loss"], ce)
+
+        # no soft mask (evaluation): the CE alone
+        result = objective(_Outputs(logits=logits), labels, ObjectiveStep(reg_weight=0.5, training=False))
+        torch.testing.assert_close(result.loss, ce)
+        assert set(result.metrics) == {"ce_loss"}
+
+    def test_a_custom_objective_trains_and_its_metrics_are_logged(self, tmp_path, dataset):
+        steps = []
+
+        class L1Objective(VisionSelectorObjective):
+            """Mean |soft - hard| instead of the BCE, and one more metric."""
+
+            def mask_loss(self, soft_mask, hard_mask):
+                return (soft_mask.float() - hard_mask.float()).abs().mean()
+
+            def __call__(self, outputs, labels, step):
+                steps.append(step)
+                result = super().__call__(outputs, labels, step)
+                result.metrics["soft_mask_sum"] = outputs.soft_mask.detach().sum()
+                return result
+
+        trainer = VisionSelectorSFTTrainer(
+            tiny_qwen2_5_vl(), args=make_args(tmp_path, max_steps=2), train_dataset=dataset,
+            processing_class=tiny_processor(), objective=L1Objective(),
+        )  # fmt: skip
+        trainer.train()
+        logs = [entry for entry in trainer.state.log_history if "reg_loss" in entry]
+        assert len(logs) == 2
+        for entry in logs:
+            assert entry["soft_mask_sum"] > 0
+            # the regulariser trained on is the L1 distance the trainer logs as `mask_hard_distance` (not the BCE)
+            assert entry["reg_loss"] == pytest.approx(entry["mask_hard_distance"], rel=1e-5)
+            assert entry["loss"] == pytest.approx(entry["ce_loss"] + entry["reg_weight"] * entry["reg_loss"], rel=1e-5)
+        assert [step.reg_weight for step in steps] == pytest.approx([0.1, 0.1 + 1.9 / 2])
+        assert all(step.training and step.num_items_in_batch is not None for step in steps)
+
+    def test_any_callable_is_an_objective(self, tmp_path, dataset):
+        def soft_mask_sum(outputs, labels, step):
+            total = outputs.soft_mask.sum()
+            return ObjectiveOutput(total, {"soft_mask_sum": total})
+
+        trainer = VisionSelectorSFTTrainer(
+            tiny_qwen2_5_vl(), args=make_args(tmp_path), train_dataset=dataset, processing_class=tiny_processor(),
+            objective=soft_mask_sum,
+        )  # fmt: skip
+        model = trainer.model.train()
+        loss = trainer.compute_loss(model, first_batch(trainer))
+        assert trainer._metrics["train"]["soft_mask_sum"] == [pytest.approx(loss.item())]
+        assert "ce_loss" not in trainer._metrics["train"]  # the default objective did not run
+        loss.backward()
+        assert model.scorer.k_proj.weight.grad is not None
+
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [({"compute_loss_func": lambda outputs, labels, num_items_in_batch: 0.0}, "objective="),
+         ({"objective": "bce"}, "callable")],
+    )  # fmt: skip
+    def test_a_loss_the_trainer_cannot_use_is_refused(self, tmp_path, dataset, kwargs, message):
+        with pytest.raises(ValueError, match=message):
+            VisionSelectorSFTTrainer(
+                tiny_qwen2_5_vl(), args=make_args(tmp_path), train_dataset=dataset, processing_class=tiny_processor(),
+                **kwargs,
+            )  # fmt: skip
 
 
 # ---------------------------------------------------------------- trainer

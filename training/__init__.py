@@ -11,12 +11,16 @@ The command line is `python -m visionselector_training.train` (see its docstring
 from .collator import VisionSelectorCollator, assistant_turn_mask
 from .config import VisionSelectorSFTConfig
 from .losses import mask_hard_distance, mask_regularization, mask_sharpness
+from .objective import ObjectiveOutput, ObjectiveStep, VisionSelectorObjective
 from .schedule import REG_WEIGHT_SCHEDULES, annealed_reg_weight
 from .trainer import SCORER_CHECKPOINT_NAME, VisionSelectorSFTTrainer, load_visionselector
 
 __all__ = [
     "VisionSelectorSFTConfig",
     "VisionSelectorSFTTrainer",
+    "VisionSelectorObjective",
+    "ObjectiveOutput",
+    "ObjectiveStep",
     "VisionSelectorCollator",
     "assistant_turn_mask",
     "load_visionselector",

@@ -22,9 +22,9 @@ class VisionSelectorSFTConfig(SFTConfig):
     r"""
     Configuration of [`VisionSelectorSFTTrainer`]: every field of [`~trl.SFTConfig`] plus those below.
 
-    The training loss is `CE + lambda * BCE(soft_mask, hard_mask)`: the language-modelling loss of the frozen backbone
-    fed with visual tokens scaled by the differentiable top-k mask, plus a term that pulls the soft mask towards the
-    hard top-k mask of the same scores. lambda is annealed from `reg_weight_start` to `reg_weight_end` over the run.
+    The training loss is the objective written out in `visionselector_training.objective`
+    ([`VisionSelectorObjective`]): the language-modelling loss plus lambda times the mask regularisation, lambda
+    annealed from `reg_weight_start` to `reg_weight_end` over the run.
 
     Parameters:
         train_retention_ratio (`float`, *optional*, defaults to `0.2`):
@@ -129,10 +129,10 @@ class VisionSelectorSFTConfig(SFTConfig):
         },
     )
     reg_weight_start: float = field(
-        default=0.1, metadata={"help": "Weight lambda of the mask regularisation BCE(soft, hard) at the first step."}
+        default=0.1, metadata={"help": "Weight lambda of the mask regularisation at the first step."}
     )
     reg_weight_end: float = field(
-        default=2.0, metadata={"help": "Weight lambda of the mask regularisation BCE(soft, hard) at the last step."}
+        default=2.0, metadata={"help": "Weight lambda of the mask regularisation at the last step."}
     )
     reg_weight_schedule: str = field(
         default="linear",

@@ -1,9 +1,9 @@
 """`VisionSelectorSFTTrainer`: trains only the scorer of a VisionSelector with TRL's `SFTTrainer`.
 
 In training mode the model keeps every visual token and scales each merged token by its differentiable top-k mask
-value, so the language-modelling loss of the frozen backbone reaches the scorer. This trainer adds the curriculum term
-`lambda * BCE(soft_mask, hard_mask)`, with lambda annealed over the run, freezes everything but the scorer, logs the
-parts of the loss, and keeps intermediate checkpoints down to the scorer.
+value, so the language-modelling loss of the frozen backbone reaches the scorer. This trainer freezes everything but
+the scorer, computes the objective of `objective.py` with lambda on its schedule, logs the parts of the loss and the
+state of the mask, and keeps intermediate checkpoints down to the scorer.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import shutil
 import warnings
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedConfig, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -34,7 +33,8 @@ from visionselector.publishing import save_scorer
 from .collator import IGNORE_INDEX, VisionSelectorCollator, chatml_turn_ids
 from .config import VisionSelectorSFTConfig
 from .data import VisionLanguageCollator, normalize_dataset, uses_vision_language_collator
-from .losses import mask_hard_distance, mask_regularization, mask_sharpness
+from .losses import mask_hard_distance, mask_sharpness
+from .objective import ObjectiveStep, VisionSelectorObjective
 from .quantization import check_scorer_trainable
 from .schedule import annealed_mask_temperature, annealed_reg_weight
 
@@ -88,14 +88,14 @@ def load_visionselector(model_name_or_path: str, **kwargs):
 class VisionSelectorSFTTrainer(SFTTrainer):
     """[`~trl.SFTTrainer`] that trains only the scorer of a [`VisionSelectorForConditionalGeneration`].
 
-    The loss is `CE + lambda * BCE(soft_mask, hard_mask)`, lambda going from `args.reg_weight_start` to
-    `args.reg_weight_end` as a function of `state.global_step / state.max_steps` (so a resumed run continues the
-    schedule). The CE covers the answer: the assistant turns of `messages` data (`args.assistant_only_loss`), the
-    completion of prompt-completion data (`args.completion_only_loss`); never the image/video placeholders or the
-    vision start/end tokens. It is a mean over the supervised tokens of the whole optimizer step (all accumulated
-    micro-batches and all ranks, `num_items_in_batch`), as in TRL. Logged beside the loss: `ce_loss`, `reg_loss`,
-    `reg_weight`, `mask_sharpness` (1 - mean binary entropy of the soft mask, 1 when binary), `mask_hard_distance`
-    (mean |soft - hard|), `score_std` (mean over images/videos of the standard deviation of their tokens' scores),
+    The loss is the objective of [`VisionSelectorObjective`] (language-modelling CE plus lambda x the mask
+    regularisation), lambda going from `args.reg_weight_start` to `args.reg_weight_end` as a function of
+    `state.global_step / state.max_steps` (so a resumed run continues the schedule); `objective=` replaces it. The CE
+    covers the answer: the assistant turns of `messages` data (`args.assistant_only_loss`), the completion of
+    prompt-completion data (`args.completion_only_loss`); never the image/video placeholders or the vision start/end
+    tokens. Logged beside the loss: the objective's metrics (`ce_loss`, `reg_loss`, `reg_weight` by default),
+    `mask_sharpness` (1 - mean binary entropy of the soft mask, 1 when binary), `mask_hard_distance` (mean |soft -
+    hard|), `score_std` (mean over images/videos of the standard deviation of their tokens' scores),
     `mean_token_accuracy` and `num_tokens` (and the step's `train_retention_ratio` when `args.train_retention_ratio_min`
     sets a range to draw it from). A soft mask sharper than 0.95 in the first fifth of the run triggers one
     warning: the selection is locking in early, usually because the learning rate is too high.
@@ -114,13 +114,19 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             the model; a stock backbone (object or path) is wrapped with a fresh scorer. A path is loaded with
             `args.model_init_kwargs`.
         args ([`VisionSelectorSFTConfig`], *optional*): the configuration; other `TrainingArguments` are converted.
+        objective (`Callable`, *optional*): the training objective, called once per micro-batch as
+            `objective(outputs, labels, step)` with an [`ObjectiveStep`] and returning an [`ObjectiveOutput`] (the loss
+            and the metrics to log); defaults to [`VisionSelectorObjective`]. A subclass of it can override one term.
         **kwargs: the other arguments of [`~trl.SFTTrainer`] (`train_dataset`, `processing_class`, ...), except
-            `peft_config`: the scorer is the only trainable part.
+            `peft_config` (the scorer is the only trainable part) and `compute_loss_func` (deprecated by TRL; pass
+            `objective=`).
     """
 
     _tag_names = ["trl", "sft", "visionselector"]
 
-    def __init__(self, model, args: VisionSelectorSFTConfig | TrainingArguments | None = None, **kwargs):
+    def __init__(
+        self, model, args: VisionSelectorSFTConfig | TrainingArguments | None = None, *, objective=None, **kwargs
+    ):
         if kwargs.get("peft_config") is not None:
             raise ValueError("`peft_config` is not supported: VisionSelectorSFTTrainer trains the scorer only.")
         if not isinstance(model, str) and not isinstance(getattr(model, "config", None), PreTrainedConfig):
@@ -136,12 +142,21 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             dict_args["hub_token"] = args.hub_token  # to_dict hides the hub_token
             args = VisionSelectorSFTConfig(**dict_args)
 
-        if args.loss_type != "nll" or args.label_smoothing_factor > 0 or kwargs.get("compute_loss_func") is not None:
+        if kwargs.get("compute_loss_func") is not None:
             raise ValueError(
-                "VisionSelectorSFTTrainer's loss is the model's cross-entropy plus the mask regularisation; got "
-                f"loss_type={args.loss_type!r}, label_smoothing_factor={args.label_smoothing_factor!r} and "
-                f"compute_loss_func={kwargs.get('compute_loss_func')!r}, expected 'nll', 0 and None."
+                "VisionSelectorSFTTrainer takes its loss from `objective=` (a callable `objective(outputs, labels, step)` "
+                "returning an `ObjectiveOutput`; subclass `VisionSelectorObjective` to change one term), not "
+                f"`compute_loss_func` (deprecated by TRL), got compute_loss_func={kwargs['compute_loss_func']!r}."
             )
+        if args.loss_type != "nll" or args.label_smoothing_factor > 0:
+            raise ValueError(
+                "VisionSelectorSFTTrainer's loss is its `objective` (by default the model's cross-entropy plus the mask "
+                f"regularisation); got loss_type={args.loss_type!r} and label_smoothing_factor="
+                f"{args.label_smoothing_factor!r}, expected 'nll' and 0."
+            )
+        if objective is not None and not callable(objective):
+            raise ValueError(f"`objective` must be callable as `objective(outputs, labels, step)`, got {objective!r}.")
+        self.objective = objective if objective is not None else VisionSelectorObjective()
         stock = _is_stock_backbone(model)
         if isinstance(model, str) or stock:
             set_seed(args.seed)  # a fresh scorer may be drawn below: the same on every rank and in every run of a seed
@@ -352,34 +367,20 @@ class VisionSelectorSFTTrainer(SFTTrainer):
         if not training and labels is not None:
             labels = outputs.labels
 
-        loss = ce_loss = None
+        step = ObjectiveStep(
+            reg_weight=self.reg_weight,
+            num_items_in_batch=num_items_in_batch,
+            gradient_accumulation_steps=self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1,
+            num_processes=self.accelerator.num_processes if self.args.average_tokens_across_devices else 1,
+            training=training,
+        )
+        result = self.objective(outputs, labels, step)
+        loss = result.loss
+        for name, value in result.metrics.items():
+            self._log_metric(mode, name, value)
         if labels is not None:
-            logits = outputs.logits[:, :-1]  # (B, L - 1, V)
-            targets = labels[:, 1:].to(logits.device)  # (B, L - 1)
-            token_losses = F.cross_entropy(
-                logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-            )
-            num_tokens = (targets != IGNORE_INDEX).sum()
-            ce_loss = token_losses.sum() / num_tokens.clamp(min=1)
-            if num_items_in_batch is None:
-                loss = ce_loss
-            else:
-                # A mean over the supervised tokens of the whole step: every micro-batch and every rank. `Trainer`
-                # then neither divides by the accumulation steps nor lets DDP's gradient average shrink it.
-                loss = token_losses.sum() / torch.as_tensor(num_items_in_batch).clamp(min=1)
-                if self.args.average_tokens_across_devices:
-                    loss = loss * self.accelerator.num_processes
-            self._log_metric(mode, "ce_loss", ce_loss)
-            self._log_token_accuracy(mode, logits, targets)
+            self._log_token_accuracy(mode, outputs.logits[:, :-1], labels[:, 1:].to(outputs.logits.device))
         if outputs.get("soft_mask") is not None:
-            reg_weight = self.reg_weight
-            reg_loss = mask_regularization(outputs.soft_mask, outputs.hard_mask)
-            # A per-micro-batch mean; averaged over the accumulation steps where the CE is normalised for the step.
-            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
-            weighted = reg_weight * reg_loss / steps
-            loss = weighted if loss is None else loss + weighted
-            self._log_metric(mode, "reg_loss", reg_loss)
-            self._log_metric(mode, "reg_weight", reg_weight)
             self._log_metric(mode, "mask_hard_distance", mask_hard_distance(outputs.soft_mask, outputs.hard_mask))
             sharpness = self._log_metric(mode, "mask_sharpness", mask_sharpness(outputs.soft_mask))
             score_std = None
