@@ -103,6 +103,27 @@ def _corrupted_copy(source: Path, target: Path, name: str) -> Path:
     return target
 
 
+def _copy_with(source: Path, target: Path, name: str, text: str) -> Path:
+    """A copy of folder `source` in which file `name` holds `text`."""
+    target.mkdir()
+    for path in source.iterdir():
+        target.joinpath(path.name).write_bytes(path.read_bytes())
+    target.joinpath(name).write_text(text)
+    return target
+
+
+# Malformed files of the inputs: each names the copy it is written into, the file and its text.
+MALFORMED = {
+    "list_config_run": ("run", "config.json", "[1, 2]"),
+    "list_config_scorer": ("scorer", "config.json", "[1, 2]"),
+    "invalid_config_scorer": ("scorer", "config.json", '{"model_type": "visionselector_qwen2_5_vl", "scorer_only": true, '
+                              '"base_model_name_or_path": "a/b", "text_config": "x"}'),
+    "no_weight_map_backbone": ("backbone", "model.safetensors.index.json", '{"metadata": {}}'),
+    "list_index_backbone": ("backbone", "model.safetensors.index.json", "[1]"),
+    "no_weight_map_run": ("run", "model.safetensors.index.json", '{"metadata": {}}'),
+}
+
+
 class TestHubCommandFailuresAreOneErrorLine:
     """Item 6: every `visionselector-hub` failure is one `error:` line with exit code 2 and writes nothing."""
 
@@ -120,6 +141,12 @@ class TestHubCommandFailuresAreOneErrorLine:
             ["merge", "--scorer", "{tmp}/missing", "--output_dir", "{out}"],
             ["merge", "--scorer", "{scorer}", "--output_dir", "{out}", "--base_model", "{tmp}/missing"],
             ["merge", "--scorer", "{scorer}", "--output_dir", "{out}", "--no_such_option", "1"],
+            ["merge", "--scorer", "{list_config_scorer}", "--output_dir", "{out}"],
+            ["merge", "--scorer", "{invalid_config_scorer}", "--output_dir", "{out}"],
+            ["merge", "--scorer", "{scorer}", "--output_dir", "{out}", "--base_model", "{no_weight_map_backbone}"],
+            ["merge", "--scorer", "{scorer}", "--output_dir", "{out}", "--base_model", "{list_index_backbone}"],
+            ["save", "--checkpoint", "{list_config_run}", "--output_dir", "{out}"],
+            ["save", "--checkpoint", "{no_weight_map_run}", "--output_dir", "{out}"],
             ["merge", "--scorer", "{scorer}"],
             ["upload", "--checkpoint", "{run}"],
         ],
@@ -130,6 +157,9 @@ class TestHubCommandFailuresAreOneErrorLine:
             paths["corrupt_run"] = _corrupted_copy(folders / "run", tmp_path / "corrupt_run", "model.safetensors")
         if any("corrupt_scorer" in arg for arg in argv):
             paths["corrupt_scorer"] = _corrupted_copy(folders / "scorer", tmp_path / "corrupt_scorer", "scorer.safetensors")
+        for key, (source, name, text) in MALFORMED.items():
+            if any(key in arg for arg in argv):
+                paths[key] = _copy_with(folders / source, tmp_path / key, name, text)
         argv = [arg.format(**paths) for arg in argv]
         before, inputs = snapshot(tmp_path), snapshot(folders)
         assert hub_main(argv, api=_NoUploads()) == 2

@@ -209,6 +209,8 @@ def _run(command: str, scorer_args: ScorerArguments, command_args, api) -> None:
         stored, _ = PreTrainedConfig.get_config_dict(scorer_args.checkpoint)
     except OSError as error:
         raise OSError(f"cannot read the config of --checkpoint {scorer_args.checkpoint!r}: {error}") from error
+    if not isinstance(stored, dict):
+        raise ValueError(f"the config.json of --checkpoint {scorer_args.checkpoint!r} is not a JSON object.")
     if not scorer_args.base_model and not stored.get("base_model_name_or_path"):
         raise ValueError(
             f"the config of {scorer_args.checkpoint} names no backbone (the paper's releases don't): pass "

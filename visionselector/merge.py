@@ -21,20 +21,18 @@ import os
 import shutil
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
-from transformers import PreTrainedConfig
-
+from visionselector.checkpoint_files import read_visionselector_config, read_weight_map
 from visionselector.output_folders import written_folder
 from modeling_visionselector import (
     BACKBONE_LOCATION_KWARGS,
     SCORER_PREFIX,
     SCORER_WEIGHTS_NAME,
     check_scorer_tensors,
-    visionselector_class_for,
 )
 
 SCORER_SHARD_NAME = "model-scorer.safetensors"
@@ -64,21 +62,6 @@ def _optional_file(repo, filename, **kwargs) -> str | None:
     return cached_file(repo, filename, _raise_exceptions_for_missing_entries=False, **kwargs)
 
 
-def _backbone_weight_map(base, **kwargs) -> dict[str, str]:
-    """Tensor name -> shard file of the backbone's safetensors checkpoint."""
-    index = _optional_file(base, SAFE_WEIGHTS_INDEX_NAME, **kwargs)
-    if index is not None:
-        return dict(json.loads(Path(index).read_text())["weight_map"])
-    single = _optional_file(base, SAFE_WEIGHTS_NAME, **kwargs)
-    if single is None:
-        raise ValueError(f"The backbone {base} has no safetensors weights ({SAFE_WEIGHTS_NAME} or an index).")
-    try:
-        with safe_open(single, "pt") as handle:
-            return {name: SAFE_WEIGHTS_NAME for name in handle.keys()}
-    except SafetensorError as error:
-        raise ValueError(f"Cannot read {single}: {error} (a truncated or corrupted safetensors file?).") from error
-
-
 def merge_scorer_artifact(
     artifact: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -106,9 +89,7 @@ def merge_scorer_artifact(
     if unknown:
         raise ValueError(f"Unknown arguments {unknown}; accepted: {list(LOCATION_KWARGS)}.")
     artifact_kwargs = dict(location_kwargs, revision=revision)
-    model_type = PreTrainedConfig.get_config_dict(artifact, **artifact_kwargs)[0].get("model_type")
-    model_class = visionselector_class_for(model_type, f"The artifact {artifact}")
-    config = model_class.config_class.from_pretrained(artifact, **artifact_kwargs)
+    model_class, config = read_visionselector_config(artifact, f"The artifact {artifact}", **artifact_kwargs)
     if not config.scorer_only:
         raise ValueError(f"{artifact} is not a scorer-only artifact (its config says `scorer_only: false`): serve it as it is.")
     base = base_model_name_or_path or config.base_model_name_or_path
@@ -120,7 +101,7 @@ def merge_scorer_artifact(
     except SafetensorError as error:
         raise ValueError(f"Cannot read {scorer_file}: {error} (a truncated or corrupted safetensors file?).") from error
     check_scorer_tensors(scorer, config, source=f"The scorer of {artifact}")
-    weight_map = _backbone_weight_map(base, **base_kwargs)
+    weight_map = read_weight_map(base, f"The backbone {base}", **base_kwargs)
     clashing = sorted(name for name in weight_map if name.startswith(SCORER_PREFIX) or ".importance_scorer." in name)
     if clashing:
         raise ValueError(f"The backbone {base} already holds scorer tensors {clashing}; merge into a stock backbone.")

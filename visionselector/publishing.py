@@ -37,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 from transformers.dynamic_module_utils import custom_object_save, get_relative_import_files
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file, logging
+from transformers.utils import cached_file, logging
 
 from transformers import PreTrainedConfig
 
@@ -48,8 +48,8 @@ from modeling_visionselector import (
     VisionSelectorForConditionalGeneration,
     VisionSelectorMixin,
     check_scorer_tensors,
-    visionselector_class_for,
 )
+from visionselector.checkpoint_files import read_visionselector_config, read_weight_map
 
 logger = logging.get_logger(__name__)
 
@@ -440,16 +440,7 @@ def read_checkpoint_scorer(checkpoint: str | os.PathLike, **hub_kwargs) -> dict[
     (`visual.importance_scorer.*`) and ours (the same, or the older `scorer.*`) both give `scorer.*`.
     `hub_kwargs` (`revision`, `token`, `cache_dir`, `local_files_only`, ...) are passed to `cached_file`.
     """
-    index_file = cached_file(checkpoint, SAFE_WEIGHTS_INDEX_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
-    if index_file is not None:
-        weight_map = json.loads(Path(index_file).read_text())["weight_map"]
-    else:
-        single = cached_file(checkpoint, SAFE_WEIGHTS_NAME, **hub_kwargs)
-        try:
-            with safe_open(single, "pt") as handle:
-                weight_map = {name: SAFE_WEIGHTS_NAME for name in handle.keys()}
-        except SafetensorError as error:
-            raise ValueError(f"Cannot read {single}: {error} (a truncated or corrupted safetensors file?).") from error
+    weight_map = read_weight_map(checkpoint, f"The checkpoint {checkpoint}", **hub_kwargs)
     renamings = get_checkpoint_conversion_mapping(VisionSelectorForConditionalGeneration.__name__)
     wanted = {}  # file -> {name on disk: name in memory}
     for name, filename in weight_map.items():
@@ -503,9 +494,7 @@ def convert_checkpoint_to_scorer(
         results, license, tags, repo_id, code_repo: as in [`save_scorer`].
         **hub_kwargs: `revision`, `token`, `cache_dir`, `local_files_only`, ... for reading `checkpoint`.
     """
-    model_type = PreTrainedConfig.get_config_dict(checkpoint, **hub_kwargs)[0].get("model_type")
-    model_class = visionselector_class_for(model_type, f"The checkpoint {checkpoint}")
-    config = model_class.config_class.from_pretrained(checkpoint, **hub_kwargs)
+    model_class, config = read_visionselector_config(checkpoint, f"The checkpoint {checkpoint}", **hub_kwargs)
     config = scorer_only_config(config, base_model_name_or_path, base_model_revision, code_repo)
     tensors = read_checkpoint_scorer(checkpoint, **hub_kwargs)
     check_scorer_tensors(tensors, config, source=f"The checkpoint {checkpoint}")
