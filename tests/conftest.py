@@ -65,6 +65,23 @@ def random_video(rng: np.random.Generator, frames: int, height: int, width: int)
 
 WORDS = "what is the colour of square describe image video left right top bottom".split()
 
+# Batches the equivalence tests run on: each sample a list of ("image", height, width) / ("video", frames, height, width).
+SCENARIOS = {
+    "images_of_different_sizes": [[("image", 56, 84)], [("image", 112, 56)], [("image", 28, 28)]],
+    "several_images_per_sample": [[("image", 56, 56), ("image", 84, 56)], [("image", 112, 112)]],
+    "video": [[("video", 4, 56, 56)], [("video", 2, 84, 56)]],
+    "video_and_images": [[("image", 56, 84), ("video", 4, 56, 84)], [("video", 4, 56, 56), ("image", 28, 56)]],
+    "a_sample_without_images": [[("image", 84, 84)], []],
+}
+
+
+def new_tokens(sequences, prompt_length, eos_token_id):
+    """Generated tokens of each row, cut after the first eos (generate pads finished rows)."""
+    rows = []
+    for row in sequences[:, prompt_length:].tolist():
+        rows.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)
+    return rows
+
 
 def build_inputs(processor, samples, padding_side="left", seed=0):
     """Processor inputs for a batch.

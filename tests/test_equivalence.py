@@ -1,31 +1,20 @@
-"""Pruned inference against the stock Qwen2.5-VL: the oracle on the kept tokens, batch vs alone, ratio 1.0."""
+"""Pruned inference against the stock Qwen2.5-VL: the oracle on the kept tokens, generation modes, ratio 1.0.
+
+(A row of a batch against the same sample alone: `test_properties.py`.)
+"""
 
 import pytest
 import torch
 from packaging import version
 
+from conftest import SCENARIOS, new_tokens
 from modeling_visionselector import VisionSelectorForConditionalGeneration, num_kept_tokens
 from modeling_visionselector.configuration_visionselector import TRANSFORMERS_VERSION
 from oracle import greedy_tokens, largest_prompt_position, prefill_logits, pruned_embeddings, split_kept_indices, unbatch
 from visionselector.tiny import tiny_qwen2_5_vl
 
-SCENARIOS = {
-    "images_of_different_sizes": [[("image", 56, 84)], [("image", 112, 56)], [("image", 28, 28)]],
-    "several_images_per_sample": [[("image", 56, 56), ("image", 84, 56)], [("image", 112, 112)]],
-    "video": [[("video", 4, 56, 56)], [("video", 2, 84, 56)]],
-    "video_and_images": [[("image", 56, 84), ("video", 4, 56, 84)], [("video", 4, 56, 56), ("image", 28, 56)]],
-    "a_sample_without_images": [[("image", 84, 84)], []],
-}
 RATIOS = [0.1, 0.37, 1.0]
 MAX_NEW_TOKENS = 5
-
-
-def new_tokens(sequences, prompt_length, eos_token_id):
-    """Generated tokens of each row, cut after the first eos (generate pads finished rows)."""
-    rows = []
-    for row in sequences[:, prompt_length:].tolist():
-        rows.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)
-    return rows
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
@@ -63,18 +52,6 @@ def test_greedy_generation_matches_stock_oracle(model, stock_model, make_inputs,
     for row, (sample, kept) in enumerate(zip(unbatch(inputs, model.config), per_sample_kept)):
         embeds, positions = pruned_embeddings(stock_model, sample, kept)
         assert generated[row] == greedy_tokens(stock_model, embeds, positions, MAX_NEW_TOKENS)
-
-
-@pytest.mark.parametrize("ratio", [0.2, 0.6])
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_each_row_of_a_padded_batch_generates_what_it_generates_alone(model, make_inputs, scenario, ratio):
-    inputs = make_inputs(SCENARIOS[scenario])
-    out = model.generate(**inputs, retention_ratio=ratio, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-    eos = model.generation_config.eos_token_id
-    batched = new_tokens(out, inputs["input_ids"].shape[1], eos)
-    for row, sample in enumerate(unbatch(inputs, model.config)):
-        alone = model.generate(**sample, retention_ratio=ratio, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-        assert batched[row] == new_tokens(alone, sample["input_ids"].shape[1], eos)[0]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -1,5 +1,5 @@
 """`generate` arguments however they are given: lengths from a generation config, positional arguments by the stock
-signature, a streamer, and the padding side of the caller's batch."""
+signature, a streamer. (Left- and right-padded batches: `test_properties.py`.)"""
 
 import copy
 
@@ -22,13 +22,6 @@ class RecordingStreamer(BaseStreamer):
 
     def end(self):
         self.ended = True
-
-
-def new_tokens(out, prompt_length, eos):
-    rows = []
-    for row in out[:, prompt_length:].tolist():
-        rows.append(row[: row.index(eos) + 1] if eos in row else row)
-    return rows
 
 
 @pytest.mark.parametrize("where", ["generation_config", "model_generation_config"])
@@ -80,16 +73,3 @@ def test_a_positional_assistant_model_is_refused(model, stock_model, make_inputs
     input_ids = inputs.pop("input_ids")
     with pytest.raises(ValueError, match="Assisted generation"):
         model.generate(input_ids, None, None, None, None, None, stock_model, **inputs, max_new_tokens=2)
-
-
-def test_right_and_left_padded_batches_generate_what_each_row_generates_alone(model, make_inputs):
-    kwargs = dict(retention_ratio=0.3, max_new_tokens=5, do_sample=False)
-    eos = model.generation_config.eos_token_id
-    right = make_inputs(TWO_ROWS, padding_side="right")
-    left = make_inputs(TWO_ROWS, padding_side="left")
-    assert bool((right["attention_mask"][:, -1] == 0).any())  # the batch really is right-padded
-    from_right = new_tokens(model.generate(**right, **kwargs), right["input_ids"].shape[1], eos)
-    from_left = new_tokens(model.generate(**left, **kwargs), left["input_ids"].shape[1], eos)
-    alone = [new_tokens(model.generate(**sample, **kwargs), sample["input_ids"].shape[1], eos)[0]
-             for sample in unbatch(left, model.config)]
-    assert from_right == from_left == alone

@@ -1,7 +1,8 @@
 """Property-based tests: random batches of images and videos, padding sides, ratios and selectors.
 
 Each generated batch holds 1-4 samples with 0-3 images of random grid sizes, some with a video. Properties:
-every row equals the same sample alone; prefill equals the stock-model oracle on the kept tokens; every item
+every row of a left- or right-padded batch generates what the same sample generates alone (plus fixed examples:
+the equivalence scenarios and a batch of rows of different lengths); prefill equals the stock-model oracle on the kept tokens; every item
 keeps max(1, floor(r * n)) tokens (r read as the decimal it prints as); text tokens are never dropped; ratio 1.0 equals the stock model.
 Hypothesis runs derandomized (the same cases on every run), bounded by `max_examples`.
 """
@@ -12,10 +13,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import build_inputs
+from conftest import SCENARIOS, build_inputs, new_tokens
 from modeling_visionselector.selectors import SELECTORS
 from oracle import prefill_logits, pruned_embeddings, split_kept_indices, unbatch
 
@@ -66,15 +67,46 @@ def test_prefill_equals_the_oracle_and_keeps_the_right_tokens(model, stock_model
             torch.testing.assert_close(out.logits, stock_model(**inputs).logits, atol=0, rtol=0)
 
 
+# Cases every run checks besides the drawn ones: the equivalence scenarios (left-padded, the learned selector, two
+# ratios) and a batch of rows of different lengths padded on either side.
+ALONE_EXAMPLES = [
+    dict(samples=SCENARIOS[name], ratio=ratio, padding_side="left", selector="learned")
+    for name in SCENARIOS
+    for ratio in (0.2, 0.6)
+] + [
+    dict(samples=[[("image", 56, 84)], [("image", 112, 56), ("image", 28, 28)]], ratio=0.3, padding_side=side, selector="learned")
+    for side in ("left", "right")
+]
+
+
+def with_examples(cases):
+    def decorate(test):
+        for case in reversed(cases):
+            test = example(**case)(test)
+        return test
+
+    return decorate
+
+
 @PROPERTY_SETTINGS
-@given(samples=BATCH, ratio=RATIO, selector=st.sampled_from(DETERMINISTIC_SELECTORS))
-def test_each_row_generates_what_it_generates_alone(model, processor, samples, ratio, selector):
-    inputs = build_inputs(processor, samples, "left", seed=len(samples))
-    kwargs = dict(retention_ratio=ratio, selector=selector, max_new_tokens=3, do_sample=False)
-    batched = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :]
+@given(
+    samples=BATCH,
+    ratio=RATIO,
+    padding_side=st.sampled_from(["left", "right"]),
+    selector=st.sampled_from(DETERMINISTIC_SELECTORS),
+)
+@with_examples(ALONE_EXAMPLES)
+def test_each_row_generates_what_it_generates_alone(model, processor, samples, ratio, padding_side, selector):
+    inputs = build_inputs(processor, samples, padding_side, seed=len(samples))
+    mask = inputs["attention_mask"]
+    # the padding really is on `padding_side`
+    assert torch.equal(mask, mask.sort(dim=1, descending=padding_side == "right", stable=True).values)
+    kwargs = dict(retention_ratio=ratio, selector=selector, max_new_tokens=5, do_sample=False)
+    eos = model.generation_config.eos_token_id
+    batched = new_tokens(model.generate(**inputs, **kwargs), inputs["input_ids"].shape[1], eos)
     for row, sample in enumerate(unbatch(inputs, model.config)):
-        alone = model.generate(**sample, **kwargs)[0, sample["input_ids"].shape[1] :]
-        assert batched[row].tolist() == alone.tolist()
+        alone = model.generate(**sample, **kwargs)
+        assert batched[row] == new_tokens(alone, sample["input_ids"].shape[1], eos)[0]
 
 
 def test_a_row_that_ends_early_in_a_padded_batch_is_padded_and_the_others_go_on(model, make_inputs):
