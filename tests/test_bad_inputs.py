@@ -1,10 +1,17 @@
-"""Bad inputs that only show up at load time or with video; the per-call catalogue is in test_modeling.py."""
+"""Bad inputs to loading, forward and generate: each is a `ValueError` naming the argument or file (the per-call
+catalogue is in test_modeling.py).
+"""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import GenerationConfig
 
 from modeling_visionselector import SCORER_WEIGHTS_NAME, VisionSelectorForConditionalGeneration
+from modeling_visionselector.scoring import num_kept_tokens, validate_retention_ratio
 from visionselector.publishing import save_scorer
 
 
@@ -14,50 +21,6 @@ def scorer_folder(stock_model, tmp_path):
     stock_model.save_pretrained(backbone)
     model = VisionSelectorForConditionalGeneration.from_backbone(str(backbone))
     return save_scorer(model, tmp_path / "scorer")
-
-
-def test_a_scorer_only_folder_with_pickled_weights_is_refused(scorer_folder):
-    weights = scorer_folder / SCORER_WEIGHTS_NAME
-    tensors = load_file(weights)
-    weights.unlink()
-    torch.save(tensors, scorer_folder / "scorer.bin")  # the same tensors, as a pickle
-    with pytest.raises(ValueError, match="safetensors"):
-        VisionSelectorForConditionalGeneration.from_pretrained(scorer_folder)
-
-
-def test_a_scorer_only_folder_loads_when_its_weights_are_safetensors(scorer_folder):
-    model = VisionSelectorForConditionalGeneration.from_pretrained(scorer_folder)
-    assert model.config.scorer_only is False
-
-
-def test_video_grid_not_matching_the_pixels_is_a_value_error(model, make_inputs):
-    inputs = make_inputs([[("video", 4, 56, 56)]])
-    grid = inputs["video_grid_thw"].clone()
-    grid[0, 0] += 1
-    with pytest.raises(ValueError, match="video_grid_thw"):
-        model.generate(**{**inputs, "video_grid_thw": grid}, retention_ratio=0.5, max_new_tokens=2)
-
-
-def test_pixels_without_their_grid_are_a_value_error(model, make_inputs):
-    inputs = make_inputs([[("image", 56, 56)]])
-    with pytest.raises(ValueError, match="image_grid_thw"):
-        model(**{**inputs, "image_grid_thw": None}, retention_ratio=0.5)
-
-
-def test_video_placeholders_without_video_pixels_are_a_value_error(model, make_inputs):
-    inputs = make_inputs([[("image", 56, 56), ("video", 2, 56, 56)]])
-    without_video = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos", "video_grid_thw")}
-    with pytest.raises(ValueError, match="placeholder tokens"):
-        model(**without_video, retention_ratio=0.5)
-
-
-# ---------------------------------------------------------------------------------------------------- issue 22
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-from transformers import GenerationConfig  # noqa: E402
-
-from modeling_visionselector.scoring import num_kept_tokens, validate_retention_ratio  # noqa: E402
 
 
 def _moved_placeholder(inputs, image_token_id):
@@ -70,8 +33,95 @@ def _moved_placeholder(inputs, image_token_id):
     return {**inputs, "input_ids": ids, "mm_token_type_ids": (ids == image_token_id).long()}
 
 
+# Each keeps the 32 patches of the two 4 x 4 images, so only a check of the grid itself can catch it.
+BAD_GRIDS = {
+    "zero": lambda g: torch.tensor([[0, 4, 4], [2, 4, 4]]),
+    "negative": lambda g: torch.tensor([[-1, 4, 4], [3, 4, 4]]),
+    "float": lambda g: g.float(),
+    "list": lambda g: g.tolist(),
+    "not divisible by the merge size": lambda g: torch.tensor([[1, 1, 16], [1, 4, 4]]),
+    "patches moved between items": lambda g: torch.tensor([[1, 2, 4], [1, 6, 4]]),
+    "wrong shape (1, 2, 3)": lambda g: torch.tensor([[[1, 4, 4], [1, 4, 4], [1, 4, 4]]]).reshape(1, 3, 3)[:, :2],
+    "flat": lambda g: g.flatten(),
+    "empty": lambda g: g[:0],
+    "bool": lambda g: g.bool(),
+}
+
+
+class _Recorder:
+    """Records the ratio and selector `select_visual_tokens` receives."""
+
+    def __init__(self, model, monkeypatch):
+        self.calls = []
+        select = model.select_visual_tokens
+
+        def record(*args, **kwargs):
+            self.calls.append(args[4:6])
+            return select(*args, **kwargs)
+
+        monkeypatch.setattr(model, "select_visual_tokens", record)
+
+
+class TestLoading:
+    """What cannot be loaded as it is is refused, naming the file or the shapes; saving never overwrites the checkpoint
+    the model was loaded from."""
+
+    def test_a_scorer_only_folder_with_pickled_weights_is_refused(self, scorer_folder):
+        weights = scorer_folder / SCORER_WEIGHTS_NAME
+        tensors = load_file(weights)
+        weights.unlink()
+        torch.save(tensors, scorer_folder / "scorer.bin")  # the same tensors, as a pickle
+        with pytest.raises(ValueError, match="safetensors"):
+            VisionSelectorForConditionalGeneration.from_pretrained(scorer_folder)
+
+    def test_a_scorer_only_folder_loads_when_its_weights_are_safetensors(self, scorer_folder):
+        model = VisionSelectorForConditionalGeneration.from_pretrained(scorer_folder)
+        assert model.config.scorer_only is False
+
+    def test_a_corrupted_checkpoint_is_a_value_error_naming_the_file(self, model, tmp_path):
+        model.save_pretrained(tmp_path / "ckpt")
+        weights = tmp_path / "ckpt" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        with pytest.raises(ValueError, match="model.safetensors"):
+            VisionSelectorForConditionalGeneration.from_pretrained(tmp_path / "ckpt")
+
+    def test_a_corrupted_scorer_file_is_a_value_error_naming_it(self, scorer_folder):
+        weights = scorer_folder / SCORER_WEIGHTS_NAME
+        weights.write_bytes(weights.read_bytes()[:40])
+        with pytest.raises(ValueError, match="scorer.safetensors"):
+            VisionSelectorForConditionalGeneration.from_pretrained(scorer_folder)
+
+    def test_a_scorer_only_artifact_on_a_backbone_of_another_size_names_both_shapes(self, scorer_folder, tmp_path):
+        from visionselector.tiny import tiny_qwen2_5_vl
+
+        tiny_qwen2_5_vl(text_hidden_size=64, vision_hidden_size=64).save_pretrained(tmp_path / "bigger")
+        with pytest.raises(ValueError, match=r"another size.*\(.*64.*\) in the backbone, \(.*32.*\) in the artifact"):
+            VisionSelectorForConditionalGeneration.from_pretrained(scorer_folder, base_model_name_or_path=str(tmp_path / "bigger"))
+
+    def test_a_scorer_only_artifact_on_a_backbone_of_another_family_is_refused(self, scorer_folder, tmp_path):
+        from visionselector.tiny import tiny_model
+
+        tiny_model("qwen3_vl").save_pretrained(tmp_path / "qwen3")
+        with pytest.raises(ValueError, match="'qwen3_vl' model, but the artifact is a 'visionselector_qwen2_5_vl'"):
+            VisionSelectorForConditionalGeneration.from_pretrained(scorer_folder, base_model_name_or_path=str(tmp_path / "qwen3"))
+
+    @pytest.mark.parametrize("entry", ["from_pretrained", "from_backbone"])
+    def test_a_missing_local_folder_is_named_not_taken_for_a_repo_id(self, tmp_path, entry):
+        with pytest.raises(ValueError, match=r"not a folder on this machine"):
+            getattr(VisionSelectorForConditionalGeneration, entry)(str(tmp_path / "missing"))
+
+    def test_save_scorer_into_the_folder_the_model_was_loaded_from_is_refused(self, model, tmp_path):
+        """A scorer-only config would replace the full checkpoint's (the API side of the hub commands' rule)."""
+        model.save_pretrained(tmp_path / "full")
+        loaded = VisionSelectorForConditionalGeneration.from_pretrained(tmp_path / "full")
+        before = {path.name: path.read_bytes() for path in (tmp_path / "full").iterdir()}
+        with pytest.raises(ValueError, match="overwrite the input"):
+            save_scorer(loaded, tmp_path / "full", base_model_name_or_path="some-org/backbone")
+        assert {path.name: path.read_bytes() for path in (tmp_path / "full").iterdir()} == before
+
+
 class TestPlaceholderRows:
-    """Item 2: placeholders are checked per row, not per batch (an image's last feature never lands in another row)."""
+    """Placeholders are checked per row, not per batch (an image's last feature never lands in another row)."""
 
     @pytest.fixture
     def moved(self, model, make_inputs):
@@ -104,24 +154,15 @@ class TestPlaceholderRows:
         with pytest.raises(ValueError, match="`mm_token_type_ids` must mark the placeholders"):
             model(**{**inputs, "mm_token_type_ids": torch.zeros_like(inputs["input_ids"])}, retention_ratio=0.5)
 
-
-# Each keeps the 32 patches of the two 4 x 4 images, so only a check of the grid itself can catch it.
-BAD_GRIDS = {
-    "zero": lambda g: torch.tensor([[0, 4, 4], [2, 4, 4]]),
-    "negative": lambda g: torch.tensor([[-1, 4, 4], [3, 4, 4]]),
-    "float": lambda g: g.float(),
-    "list": lambda g: g.tolist(),
-    "not divisible by the merge size": lambda g: torch.tensor([[1, 1, 16], [1, 4, 4]]),
-    "patches moved between items": lambda g: torch.tensor([[1, 2, 4], [1, 6, 4]]),
-    "wrong shape (1, 2, 3)": lambda g: torch.tensor([[[1, 4, 4], [1, 4, 4], [1, 4, 4]]]).reshape(1, 3, 3)[:, :2],
-    "flat": lambda g: g.flatten(),
-    "empty": lambda g: g[:0],
-    "bool": lambda g: g.bool(),
-}
+    def test_video_placeholders_without_video_pixels_are_a_value_error(self, model, make_inputs):
+        inputs = make_inputs([[("image", 56, 56), ("video", 2, 56, 56)]])
+        without_video = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos", "video_grid_thw")}
+        with pytest.raises(ValueError, match="placeholder tokens"):
+            model(**without_video, retention_ratio=0.5)
 
 
 class TestGridsAndPixels:
-    """Item 5: `image_grid_thw` and the pixels are checked, and the error names the argument."""
+    """`image_grid_thw` / `video_grid_thw` and the pixels are checked, and the error names the argument."""
 
     @pytest.mark.parametrize("case", sorted(BAD_GRIDS))
     def test_bad_grid_is_a_value_error_naming_it(self, model, make_inputs, case):
@@ -149,9 +190,21 @@ class TestGridsAndPixels:
         with pytest.raises(ValueError, match="pixel_values"):
             model(**{**inputs, "pixel_values": pixels}, retention_ratio=0.5)
 
+    def test_video_grid_not_matching_the_pixels_is_a_value_error(self, model, make_inputs):
+        inputs = make_inputs([[("video", 4, 56, 56)]])
+        grid = inputs["video_grid_thw"].clone()
+        grid[0, 0] += 1
+        with pytest.raises(ValueError, match="video_grid_thw"):
+            model.generate(**{**inputs, "video_grid_thw": grid}, retention_ratio=0.5, max_new_tokens=2)
+
+    def test_pixels_without_their_grid_are_a_value_error(self, model, make_inputs):
+        inputs = make_inputs([[("image", 56, 56)]])
+        with pytest.raises(ValueError, match="image_grid_thw"):
+            model(**{**inputs, "image_grid_thw": None}, retention_ratio=0.5)
+
 
 class TestMasksAndLabels:
-    """Items 7 and 11: attention masks and labels are checked before `get_rope_index` and the loss."""
+    """Attention masks and labels are checked before `get_rope_index` and the loss."""
 
     @pytest.mark.parametrize("case", ["all zero row", "zero over placeholders", "too short", "too long", "values 2"])
     @pytest.mark.parametrize("mode", ["eval", "train", "generate"])
@@ -193,23 +246,9 @@ class TestMasksAndLabels:
             model.eval()
 
 
-class _Recorder:
-    """Records the ratio and selector `select_visual_tokens` receives."""
-
-    def __init__(self, model, monkeypatch):
-        self.calls = []
-        select = model.select_visual_tokens
-
-        def record(*args, **kwargs):
-            self.calls.append(args[4:6])
-            return select(*args, **kwargs)
-
-        monkeypatch.setattr(model, "select_visual_tokens", record)
-
-
-class TestGenerationConfigSettings:
-    """Item 3: `retention_ratio` / `selector` on a `GenerationConfig` or in `generation_config.json` are honoured and
-    checked; `from_pretrained(..., retention_ratio=...)` is checked at load."""
+class TestGenerationSettings:
+    """`retention_ratio` / `selector` on a `GenerationConfig` or in `generation_config.json` are honoured and
+    checked; `from_pretrained(..., retention_ratio=...)` is checked at load; length errors name the caller's lengths."""
 
     def test_a_generation_config_ratio_and_selector_are_used(self, model, make_inputs, monkeypatch):
         inputs = make_inputs([[("image", 112, 112)]])
@@ -261,62 +300,19 @@ class TestGenerationConfigSettings:
         with pytest.raises(ValueError, match="train_retention_ratio"):
             config.train_retention_ratio = float("nan")
 
+    def test_max_length_error_names_the_callers_lengths(self, model, make_inputs):
+        """The stock message, with the caller's prompt length, not the pruned one."""
+        inputs = make_inputs([[("image", 112, 112)]])
+        length = inputs["input_ids"].shape[1]
+        with pytest.raises(ValueError, match=rf"Input length of input_ids is {length}, but `max_length` is set to 10\."):
+            model.generate(**inputs, max_length=10, retention_ratio=0.3)
 
-def test_max_length_error_names_the_callers_lengths(model, make_inputs):
-    """Item 9: the stock message, with the caller's prompt length, not the pruned one."""
-    inputs = make_inputs([[("image", 112, 112)]])
-    length = inputs["input_ids"].shape[1]
-    with pytest.raises(ValueError, match=rf"Input length of input_ids is {length}, but `max_length` is set to 10\."):
-        model.generate(**inputs, max_length=10, retention_ratio=0.3)
 
-
-class TestLoadingAndNumbers:
-    """Item 10."""
+class TestRatioNumbers:
+    """A ratio given as a numpy scalar keeps what the Python float it prints as keeps."""
 
     @pytest.mark.parametrize("ratio", [np.float32(0.29), np.float64(0.29), np.float16(0.5)])
     def test_numpy_ratios_keep_what_the_python_float_keeps(self, ratio):
         assert num_kept_tokens(100, ratio) == num_kept_tokens(100, float(str(ratio)))
         assert validate_retention_ratio(ratio) == float(str(ratio))
         assert num_kept_tokens(100, validate_retention_ratio(ratio)) == num_kept_tokens(100, float(str(ratio)))
-
-    def test_a_corrupted_checkpoint_is_a_value_error_naming_the_file(self, model, tmp_path):
-        model.save_pretrained(tmp_path / "ckpt")
-        weights = tmp_path / "ckpt" / "model.safetensors"
-        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-        with pytest.raises(ValueError, match="model.safetensors"):
-            VisionSelectorForConditionalGeneration.from_pretrained(tmp_path / "ckpt")
-
-    def test_a_corrupted_scorer_file_is_a_value_error_naming_it(self, scorer_folder):
-        weights = scorer_folder / SCORER_WEIGHTS_NAME
-        weights.write_bytes(weights.read_bytes()[:40])
-        with pytest.raises(ValueError, match="scorer.safetensors"):
-            VisionSelectorForConditionalGeneration.from_pretrained(scorer_folder)
-
-    def test_a_scorer_only_artifact_on_a_backbone_of_another_size_names_both_shapes(self, scorer_folder, tmp_path):
-        from visionselector.tiny import tiny_qwen2_5_vl
-
-        tiny_qwen2_5_vl(text_hidden_size=64, vision_hidden_size=64).save_pretrained(tmp_path / "bigger")
-        with pytest.raises(ValueError, match=r"another size.*\(.*64.*\) in the backbone, \(.*32.*\) in the artifact"):
-            VisionSelectorForConditionalGeneration.from_pretrained(scorer_folder, base_model_name_or_path=str(tmp_path / "bigger"))
-
-    def test_a_scorer_only_artifact_on_a_backbone_of_another_family_is_refused(self, scorer_folder, tmp_path):
-        from visionselector.tiny import tiny_model
-
-        tiny_model("qwen3_vl").save_pretrained(tmp_path / "qwen3")
-        with pytest.raises(ValueError, match="'qwen3_vl' model, but the artifact is a 'visionselector_qwen2_5_vl'"):
-            VisionSelectorForConditionalGeneration.from_pretrained(scorer_folder, base_model_name_or_path=str(tmp_path / "qwen3"))
-
-    @pytest.mark.parametrize("entry", ["from_pretrained", "from_backbone"])
-    def test_a_missing_local_folder_is_named_not_taken_for_a_repo_id(self, tmp_path, entry):
-        with pytest.raises(ValueError, match=r"not a folder on this machine"):
-            getattr(VisionSelectorForConditionalGeneration, entry)(str(tmp_path / "missing"))
-
-
-def test_save_scorer_into_the_folder_the_model_was_loaded_from_is_refused(model, tmp_path):
-    """Item 1, API side: a scorer-only config would replace the full checkpoint's."""
-    model.save_pretrained(tmp_path / "full")
-    loaded = VisionSelectorForConditionalGeneration.from_pretrained(tmp_path / "full")
-    before = {path.name: path.read_bytes() for path in (tmp_path / "full").iterdir()}
-    with pytest.raises(ValueError, match="overwrite the input"):
-        save_scorer(loaded, tmp_path / "full", base_model_name_or_path="some-org/backbone")
-    assert {path.name: path.read_bytes() for path in (tmp_path / "full").iterdir()} == before

@@ -1,4 +1,4 @@
-"""The command-line contract of every subcommand (issue 22): a failure is one `error:` line and exit code 2, writes
+"""The command-line contract of every subcommand: a failure is one `error:` line and exit code 2, writes
 nothing anywhere, and no command ever writes into one of its own inputs. Everything runs in process."""
 
 import hashlib
@@ -52,7 +52,7 @@ class _NoUploads:
 
 
 class TestHubCommandsNeverWriteIntoTheirInputs:
-    """Item 1: `save --checkpoint D --output_dir D` used to rewrite D's config; `merge --scorer A --output_dir A`
+    """`save --checkpoint D --output_dir D` used to rewrite D's config; `merge --scorer A --output_dir A`
     rewrote A's config and then crashed, leaving a half-converted folder."""
 
     @pytest.mark.parametrize(
@@ -125,7 +125,7 @@ MALFORMED = {
 
 
 class TestHubCommandFailuresAreOneErrorLine:
-    """Item 6: every `visionselector-hub` failure is one `error:` line with exit code 2 and writes nothing."""
+    """Every `visionselector-hub` failure, malformed input files included, is one `error:` line with exit code 2 and writes nothing."""
 
     @pytest.mark.parametrize(
         "argv",
@@ -167,9 +167,6 @@ class TestHubCommandFailuresAreOneErrorLine:
         assert snapshot(tmp_path) == before and snapshot(folders) == inputs
 
 
-# ---------------------------------------------------------------------------------------------------- visionselector
-
-
 @pytest.fixture
 def images(tmp_path):
     Image.new("RGB", (56, 56), "red").save(tmp_path / "square.png")
@@ -178,34 +175,36 @@ def images(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["generate", "--image", "{tmp}/strip.png", "--prompt", "x"], "aspect ratio"),
-        (["generate", "--image", "{tmp}/square.png", "--prompt", "what <|image_pad|> is"], "--prompt"),
-        (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--show-kept", "{tmp}/folder"], "--show-kept"),
-        (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--show-kept", "{tmp}/no/kept.png"], "does not exist"),
-        (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--device", "bogus"], "--device 'bogus'"),
-        (["generate", "--image", "{tmp}/folder", "--prompt", "x"], "is a folder"),
-        (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--model", "{tmp}/square.png"], "is a file"),
-        (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
-        (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--no-such-option"], "unrecognized"),
-        (["demo", "--out", "{tmp}/folder"], "--out"),
-        (["demo", "--samples", "0"], "--samples"),
-        (["demo", "--out", "{tmp}/no/demo.png"], "does not exist"),
-    ],
-)
-def test_visionselector_failures_are_one_error_line_and_write_nothing(images, capsys, argv, message):
-    argv = [arg.format(tmp=images) for arg in argv]
-    before = snapshot(images)
-    assert cli_main(argv) == 2
-    assert message in assert_one_error_line(capsys, f"visionselector {argv[0]}")
-    assert capsys.readouterr().out == ""  # checked before anything is generated
-    assert snapshot(images) == before
+class TestVisionSelectorCommandFailures:
+    """Every `visionselector` failure is one `error:` line with exit code 2, checked before anything is written."""
 
+    @pytest.mark.parametrize(
+        "argv, message",
+        [
+            (["generate", "--image", "{tmp}/strip.png", "--prompt", "x"], "aspect ratio"),
+            (["generate", "--image", "{tmp}/square.png", "--prompt", "what <|image_pad|> is"], "--prompt"),
+            (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--show-kept", "{tmp}/folder"], "--show-kept"),
+            (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--show-kept", "{tmp}/no/kept.png"], "does not exist"),
+            (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--device", "bogus"], "--device 'bogus'"),
+            (["generate", "--image", "{tmp}/folder", "--prompt", "x"], "is a folder"),
+            (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--model", "{tmp}/square.png"], "is a file"),
+            (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
+            (["generate", "--image", "{tmp}/square.png", "--prompt", "x", "--no-such-option"], "unrecognized"),
+            (["demo", "--out", "{tmp}/folder"], "--out"),
+            (["demo", "--samples", "0"], "--samples"),
+            (["demo", "--out", "{tmp}/no/demo.png"], "does not exist"),
+        ],
+    )
+    def test_visionselector_failures_are_one_error_line_and_write_nothing(self, images, capsys, argv, message):
+        argv = [arg.format(tmp=images) for arg in argv]
+        before = snapshot(images)
+        assert cli_main(argv) == 2
+        assert message in assert_one_error_line(capsys, f"visionselector {argv[0]}")
+        assert capsys.readouterr().out == ""  # checked before anything is generated
+        assert snapshot(images) == before
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_generate_on_a_missing_gpu_is_one_error_line(images, capsys):
-    argv = ["generate", "--image", str(images / "square.png"), "--prompt", "x", "--device", "cuda"]
-    assert cli_main(argv) == 2
-    assert "not available" in assert_one_error_line(capsys, "visionselector generate")
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+    def test_generate_on_a_missing_gpu_is_one_error_line(self, images, capsys):
+        argv = ["generate", "--image", str(images / "square.png"), "--prompt", "x", "--device", "cuda"]
+        assert cli_main(argv) == 2
+        assert "not available" in assert_one_error_line(capsys, "visionselector generate")

@@ -1,4 +1,4 @@
-"""`visionselector-hub` on a locally trained run, as a user first meets it (issue 11, item 9).
+"""`visionselector-hub` on a locally trained run, as a user first meets it.
 
 The artifact of a run whose backbone is a local folder loads from any directory; the package's own tools never ask
 "Do you wish to run the custom code?"; their errors are one `error:` line naming the command-line flag; a backbone

@@ -1,4 +1,4 @@
-"""Property-based test of bad inputs (issue 22): a valid processor batch, then one random change to its grid, its
+"""Property-based test of bad inputs: a valid processor batch, then one random change to its grid, its
 pixels, its attention mask or its placeholder layout. Whatever the change, the model either runs and its logits equal
 the stock-model oracle on the kept tokens (tests/oracle.py), or it raises a `ValueError` naming the argument that was
 changed; never another exception. Hypothesis runs derandomized (the same cases on every run), bounded by

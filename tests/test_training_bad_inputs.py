@@ -1,4 +1,4 @@
-"""Training on bad data (issue 22): what would train the scorer on nothing is said at the first step, an empty
+"""Training on bad data: what would train the scorer on nothing is said at the first step, an empty
 dataset is refused, labels of the wrong length and unreadable images are clear `ValueError`s."""
 
 import io

@@ -176,7 +176,6 @@ class TestCheckpoints:
         for name, tensor in final.items():
             torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=0, atol=0)
 
-
     def test_scorer_only_checkpoints_need_the_backbone_name(self, tmp_path, dataset):
         backbone = tiny_qwen2_5_vl()  # in memory: no path to point at
         with pytest.raises(ValueError, match="base_model_name_or_path.*save_scorer_only_checkpoints"):
@@ -277,7 +276,6 @@ class TestAnswerOnlyLoss:
         expected[1, 8:] = True
         assert torch.equal(assistant_turn_mask(ids, header, end), expected)
 
-
     def test_messages_datasets_train_on_the_assistant_turns_only(self, tmp_path):
         processor = tiny_processor()
         dataset = messages_dataset(["red", "green blue"])
@@ -286,7 +284,6 @@ class TestAnswerOnlyLoss:
         end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         expected = {tuple(ids_of(processor, answer.split())) + (end,) for answer in ("red", "green blue")}
         assert {tuple(tokens) for tokens in _supervised_tokens(batch)} == expected
-
 
     def test_trl_training_template_is_used_where_trl_has_one(self, tmp_path):
         """With the official Qwen2.5-VL chat template, TRL's own `assistant_only_loss` switch masks the turns."""
@@ -301,7 +298,6 @@ class TestAnswerOnlyLoss:
         expected = {tuple(ids_of(processor, answer.split())) + (end,) for answer in ("red", "green blue")}
         assert {tuple(tokens) for tokens in _supervised_tokens(batch)} == expected
 
-
     def test_prompt_completion_datasets_train_on_the_completion_only(self, tmp_path):
         processor = tiny_processor()
         trainer = make_trainer(tmp_path, prompt_completion_dataset(["red", "green blue"]), processor=processor)
@@ -309,7 +305,6 @@ class TestAnswerOnlyLoss:
         end = ids_of(processor, "<|im_end|>")
         expected = {tuple(ids_of(processor, answer.split())) + (end,) for answer in ("red", "green blue")}
         assert {tuple(tokens) for tokens in _supervised_tokens(batch)} == expected
-
 
     def test_whole_sequence_loss_is_an_option(self, tmp_path):
         processor = tiny_processor()
@@ -327,7 +322,6 @@ class TestAnswerOnlyLoss:
             )
             labels = first_batch(completion)["labels"]
             assert (labels != -100).sum() > 5  # the prompt's text tokens are supervised too
-
 
     def test_loss_is_the_cross_entropy_of_the_answer_tokens(self, tmp_path):
         processor = tiny_processor()
@@ -413,7 +407,6 @@ class TestMaskDiagnostics:
         # the spread of the fresh scorer's scores is small but not zero, and it is the per-item std of the scores
         assert all(0 < entry["score_std"] < 1 for entry in logs)
 
-
     def test_score_spread_is_the_mean_per_item_std(self, tmp_path, dataset):
         trainer = make_trainer(tmp_path, dataset)
         model = trainer.model.train()
@@ -425,7 +418,6 @@ class TestMaskDiagnostics:
         expected = torch.stack([scores.std(correction=0) for scores in selection.scores]).mean().item()
         assert logged == pytest.approx(expected, rel=1e-4)
 
-
     def test_saturating_mask_warns_once_naming_the_learning_rate(self, tmp_path, dataset):
         trainer = make_trainer(
             tmp_path, dataset, max_steps=20, learning_rate=10.0, warmup_steps=0, lr_scheduler_type="constant",
@@ -436,7 +428,6 @@ class TestMaskDiagnostics:
         assert len([w for w in record if "saturat" in str(w.message)]) == 1
         sharpness = [entry["mask_sharpness"] for entry in trainer.state.log_history if "mask_sharpness" in entry]
         assert max(sharpness[:4]) > 0.95  # within the first fifth (steps 0-3)
-
 
     def test_default_schedule_keeps_the_mask_soft_early_at_any_learning_rate(self, tmp_path, dataset):
         """The rate that saturates the paper's top-k above does not saturate the default one: its sharpness follows the
@@ -454,7 +445,6 @@ class TestMaskDiagnostics:
         assert temperatures[0] == pytest.approx(1.0)
         assert all(later < earlier for earlier, later in zip(temperatures, temperatures[1:]))
         assert temperatures[-1] == pytest.approx(0.03 ** (19 / 20), rel=1e-5)  # step 19 of 20
-
 
     @pytest.mark.parametrize("step, warns", [(0, True), (3, True), (4, False), (10, False)])
     def test_a_saturated_mask_warns_within_the_first_fifth_of_the_run_only(self, tmp_path, dataset, step, warns):
@@ -477,7 +467,6 @@ class TestMaskDiagnostics:
         with pytest.warns(UserWarning, match=r"(?s)saturat.*mask_temperature_start") as record:
             trainer.train()
         assert len([w for w in record if "saturat" in str(w.message)]) == 1
-
 
     def test_the_model_takes_the_schedules_temperature(self, tmp_path, dataset):
         """The trainer's soft mask is `differentiable_topk` at the current temperature; `"paper"` at raw scores."""
