@@ -97,9 +97,6 @@ def test_whole_answer_accuracy_by_generation_equals_teacher_forcing(embedded):
     assert 0.0 < counts["divprune"] < 1.0 and counts["learned"] > 0.5, counts  # right and wrong answers both checked
 
 
-# ---------------------------------------------------------------------- the command, in a subprocess
-
-
 def _command() -> list[str]:
     script = Path(sys.executable).with_name("visionselector")
     return [str(script)] if script.exists() else [sys.executable, "-m", "visionselector.cli"]
@@ -118,65 +115,65 @@ def _assert_png(path: Path):
         assert image.format == "PNG" and image.width > 100 and image.height > 100
 
 
-def test_demo_command_prints_the_table_and_writes_a_png(tmp_path):
-    result = _run(["demo", "--samples", "20", "--batch-size", "20", "--out", "demo.png"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert any("accuracy learned" in line and "best training-free" in line and "accuracy random" in line for line in lines)
-    rows = [line.split() for line in lines if line.strip().split(" ")[0] in {"1.0", "0.5", "0.3", "0.2", "0.1"}]
-    assert [row[0] for row in rows] == ["1.0", "0.5", "0.3", "0.2", "0.1"]
-    assert [row[1] for row in rows] == ["49", "24", "14", "9", "4"]  # of the 7 x 7 merged tokens
-    assert all(row[6] in TRAINING_FREE for row in rows)  # the name of the best training-free selector
-    _assert_png(tmp_path / "demo.png")
+class TestCommand:
+    """The `visionselector` command, in a subprocess."""
+
+    def test_demo_command_prints_the_table_and_writes_a_png(self, tmp_path):
+        result = _run(["demo", "--samples", "20", "--batch-size", "20", "--out", "demo.png"], tmp_path)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert any("accuracy learned" in line and "best training-free" in line and "accuracy random" in line for line in lines)
+        rows = [line.split() for line in lines if line.strip().split(" ")[0] in {"1.0", "0.5", "0.3", "0.2", "0.1"}]
+        assert [row[0] for row in rows] == ["1.0", "0.5", "0.3", "0.2", "0.1"]
+        assert [row[1] for row in rows] == ["49", "24", "14", "9", "4"]  # of the 7 x 7 merged tokens
+        assert all(row[6] in TRAINING_FREE for row in rows)  # the name of the best training-free selector
+        _assert_png(tmp_path / "demo.png")
+
+    def test_generate_command_answers_and_shows_kept_tokens(self, tmp_path):
+        sample = make_sample(TEST_SEED + 500)
+        sample.image.save(tmp_path / "squares.png")
+        result = _run(
+            ["generate", "--image", "squares.png", "--prompt", sample.question, "--retention-ratio", "0.2",
+             "--max-new-tokens", "4", "--show-kept", "kept.png"],
+            tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == sample.answer.split()
+        assert "kept 9 of 49 visual tokens" in result.stderr
+        _assert_png(tmp_path / "kept.png")
 
 
-def test_generate_command_answers_and_shows_kept_tokens(tmp_path):
-    sample = make_sample(TEST_SEED + 500)
-    sample.image.save(tmp_path / "squares.png")
-    result = _run(
-        ["generate", "--image", "squares.png", "--prompt", sample.question, "--retention-ratio", "0.2",
-         "--max-new-tokens", "4", "--show-kept", "kept.png"],
-        tmp_path,
+class TestErrorsAndExitCodes:
+    """Errors and exit codes of the `visionselector` command, in process."""
+
+    def test_help_and_missing_command(self, capsys):
+        assert main(["--help"]) == 0
+        assert "demo" in capsys.readouterr().out
+        assert main(["generate", "--help"]) == 0
+        assert "--retention-ratio" in capsys.readouterr().out
+        assert main([]) == 2
+
+    @pytest.mark.parametrize(
+        "args, message",
+        [
+            (["--image", "missing.png", "--prompt", "x"], "image file 'missing.png' does not exist"),
+            (["--image", "IMAGE", "--prompt", "x", "--retention-ratio", "0"], "must be a number in (0, 1]"),
+            (["--image", "IMAGE", "--prompt", "x", "--retention-ratio", "abc"], "must be a number in (0, 1]"),
+            (["--image", "IMAGE", "--prompt", "x", "--selector", "best"], "unknown selector 'best'"),
+            (["--image", "NOT_AN_IMAGE", "--prompt", "x"], "cannot read image"),
+            (["--image", "IMAGE", "--prompt", "x", "--model", "./no/such/folder"], "does not exist"),
+        ],
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == sample.answer.split()
-    assert "kept 9 of 49 visual tokens" in result.stderr
-    _assert_png(tmp_path / "kept.png")
+    def test_bad_arguments_exit_2_with_a_clear_message(self, args, message, tmp_path, capsys):
+        Image.new("RGB", (28, 28)).save(tmp_path / "image.png")
+        (tmp_path / "text.png").write_text("not an image")
+        paths = {"IMAGE": str(tmp_path / "image.png"), "NOT_AN_IMAGE": str(tmp_path / "text.png")}
+        assert main(["generate", *[paths.get(arg, arg) for arg in args]]) == 2
+        assert message in capsys.readouterr().err
 
-
-# ---------------------------------------------------------------------- errors and exit codes, in process
-
-
-def test_help_and_missing_command(capsys):
-    assert main(["--help"]) == 0
-    assert "demo" in capsys.readouterr().out
-    assert main(["generate", "--help"]) == 0
-    assert "--retention-ratio" in capsys.readouterr().out
-    assert main([]) == 2
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--image", "missing.png", "--prompt", "x"], "image file 'missing.png' does not exist"),
-        (["--image", "IMAGE", "--prompt", "x", "--retention-ratio", "0"], "must be a number in (0, 1]"),
-        (["--image", "IMAGE", "--prompt", "x", "--retention-ratio", "abc"], "must be a number in (0, 1]"),
-        (["--image", "IMAGE", "--prompt", "x", "--selector", "best"], "unknown selector 'best'"),
-        (["--image", "NOT_AN_IMAGE", "--prompt", "x"], "cannot read image"),
-        (["--image", "IMAGE", "--prompt", "x", "--model", "./no/such/folder"], "does not exist"),
-    ],
-)
-def test_bad_arguments_exit_2_with_a_clear_message(args, message, tmp_path, capsys):
-    Image.new("RGB", (28, 28)).save(tmp_path / "image.png")
-    (tmp_path / "text.png").write_text("not an image")
-    paths = {"IMAGE": str(tmp_path / "image.png"), "NOT_AN_IMAGE": str(tmp_path / "text.png")}
-    assert main(["generate", *[paths.get(arg, arg) for arg in args]]) == 2
-    assert message in capsys.readouterr().err
-
-
-def test_hub_id_offline_exits_1_without_traceback(tmp_path):
-    Image.new("RGB", (28, 28)).save(tmp_path / "image.png")
-    result = _run(["generate", "--model", "someone/VisionSelector-Qwen2.5-VL-7B", "--image", "image.png", "--prompt", "x"], tmp_path)
-    assert result.returncode == 1
-    assert "could not load a VisionSelector model from Hub id 'someone/VisionSelector-Qwen2.5-VL-7B'" in result.stderr
-    assert "offline" in result.stderr and "Traceback" not in result.stderr
+    def test_hub_id_offline_exits_1_without_traceback(self, tmp_path):
+        Image.new("RGB", (28, 28)).save(tmp_path / "image.png")
+        result = _run(["generate", "--model", "someone/VisionSelector-Qwen2.5-VL-7B", "--image", "image.png", "--prompt", "x"], tmp_path)
+        assert result.returncode == 1
+        assert "could not load a VisionSelector model from Hub id 'someone/VisionSelector-Qwen2.5-VL-7B'" in result.stderr
+        assert "offline" in result.stderr and "Traceback" not in result.stderr

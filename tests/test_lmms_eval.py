@@ -148,87 +148,79 @@ def lmms_eval_samples(work: Path, row) -> list[dict]:
     return sorted(rows, key=lambda logged: logged["doc_id"])
 
 
-# ---------------------------------------------------------------------------------------------------- end to end
+class TestEndToEnd:
+    """lmms-eval's own CLI on the embedded checkpoint."""
 
+    def test_lmms_eval_finds_the_model_through_the_entry_point(self):
+        from importlib.metadata import entry_points
 
-def test_lmms_eval_finds_the_model_through_the_entry_point():
-    from importlib.metadata import entry_points
+        from lmms_eval.models import get_model
 
-    from lmms_eval.models import get_model
+        from visionselector.lmms_eval_model import VisionSelector
 
-    from visionselector.lmms_eval_model import VisionSelector
+        assert "visionselector" in {entry.name for entry in entry_points(group="lmms_eval.models")}
+        assert get_model("visionselector") is VisionSelector
+        assert VisionSelector.is_simple is False  # a chat model: requests arrive as messages
 
-    assert "visionselector" in {entry.name for entry in entry_points(group="lmms_eval.models")}
-    assert get_model("visionselector") is VisionSelector
-    assert VisionSelector.is_simple is False  # a chat model: requests arrive as messages
+    def test_own_answers_tell_the_selectors_apart(self, own_answers, table_run, task_utils):
+        """The comparison below can tell a plugin that ignored `selector` or `retention_ratio` from a right one."""
+        _, samples, _ = table_run
+        right = {
+            row: [task_utils.normalize(answer) == task_utils.normalize(sample.answer) for answer, sample in zip(answers, samples)]
+            for row, answers in own_answers.items()
+        }
+        assert right[("full", 1.0)] != right[("random", 0.2)]
+        assert right[("learned", 0.2)] != right[("random", 0.2)]
 
+    @pytest.mark.parametrize("row", list(SETTINGS), ids=lambda row: f"{row[0]}-r{row[1]}")
+    def test_lmms_eval_accuracy_equals_the_packages_count(self, row, table_run, own_answers, task_utils):
+        work, samples, _ = table_run
+        (results_file,) = glob.glob(str(run_folder(work, row) / "**" / "*_results.json"), recursive=True)
+        results = json.loads(Path(results_file).read_text())
+        correct = sum(
+            task_utils.normalize(answer) == task_utils.normalize(sample.answer) for answer, sample in zip(own_answers[row], samples)
+        )
+        assert results["results"][TASK]["accuracy,none"] == pytest.approx(correct / len(samples), abs=1e-12)
+        assert results["n-samples"][TASK]["effective"] == SAMPLES
+        model_args = results["config"]["model_args"]
+        selector, ratio = SETTINGS[row]
+        assert f"retention_ratio={ratio:g}" in model_args and f"selector={selector}" in model_args
 
-def test_own_answers_tell_the_selectors_apart(own_answers, table_run, task_utils):
-    """The comparison below can tell a plugin that ignored `selector` or `retention_ratio` from a right one."""
-    _, samples, _ = table_run
-    right = {
-        row: [task_utils.normalize(answer) == task_utils.normalize(sample.answer) for answer, sample in zip(answers, samples)]
-        for row, answers in own_answers.items()
-    }
-    assert right[("full", 1.0)] != right[("random", 0.2)]
-    assert right[("learned", 0.2)] != right[("random", 0.2)]
+    @pytest.mark.parametrize("row", list(SETTINGS), ids=lambda row: f"{row[0]}-r{row[1]}")
+    def test_lmms_eval_answers_equal_the_packages_answers(self, row, table_run, own_answers):
+        """Every logged answer, document by document: same prompt, same kept tokens, same greedy answer."""
+        work, samples, _ = table_run
+        logged = lmms_eval_samples(work, row)
+        assert [entry["doc_id"] for entry in logged] == list(range(SAMPLES))
+        assert [entry["target"] for entry in logged] == [sample.answer for sample in samples]
+        assert [entry["filtered_resps"] for entry in logged] == own_answers[row]  # lmms-eval 0.7 logs the text
 
+    def test_paper_table_reports_lmms_eval_scores_relative_to_full(self, table_run, own_answers, task_utils):
+        _, samples, table = table_run
+        lines = table.splitlines()
+        assert lines[0] == f"| selector | r | {TASK} | relative |"
+        accuracy = {
+            row: 100.0 * sum(task_utils.normalize(a) == task_utils.normalize(s.answer) for a, s in zip(answers, samples)) / len(samples)
+            for row, answers in own_answers.items()
+        }
+        full = accuracy[("full", 1.0)]
+        assert lines[2] == f"| full | 1 | {full:.1f} | 100.0% |"
+        for line, row in zip(lines[3:5], [("learned", 0.2), ("random", 0.2)]):
+            share = 100.0 * accuracy[row] / full
+            assert line == f"| {row[0]} | 0.2 | {accuracy[row]:.1f} ({share:.1f}%) | {share:.1f}% |"
+        assert f"{TASK}: accuracy (in %)" in table
 
-@pytest.mark.parametrize("row", list(SETTINGS), ids=lambda row: f"{row[0]}-r{row[1]}")
-def test_lmms_eval_accuracy_equals_the_packages_count(row, table_run, own_answers, task_utils):
-    work, samples, _ = table_run
-    (results_file,) = glob.glob(str(run_folder(work, row) / "**" / "*_results.json"), recursive=True)
-    results = json.loads(Path(results_file).read_text())
-    correct = sum(
-        task_utils.normalize(answer) == task_utils.normalize(sample.answer) for answer, sample in zip(own_answers[row], samples)
-    )
-    assert results["results"][TASK]["accuracy,none"] == pytest.approx(correct / len(samples), abs=1e-12)
-    assert results["n-samples"][TASK]["effective"] == SAMPLES
-    model_args = results["config"]["model_args"]
-    selector, ratio = SETTINGS[row]
-    assert f"retention_ratio={ratio:g}" in model_args and f"selector={selector}" in model_args
-
-
-@pytest.mark.parametrize("row", list(SETTINGS), ids=lambda row: f"{row[0]}-r{row[1]}")
-def test_lmms_eval_answers_equal_the_packages_answers(row, table_run, own_answers):
-    """Every logged answer, document by document: same prompt, same kept tokens, same greedy answer."""
-    work, samples, _ = table_run
-    logged = lmms_eval_samples(work, row)
-    assert [entry["doc_id"] for entry in logged] == list(range(SAMPLES))
-    assert [entry["target"] for entry in logged] == [sample.answer for sample in samples]
-    assert [entry["filtered_resps"] for entry in logged] == own_answers[row]  # lmms-eval 0.7 logs the text
-
-
-def test_paper_table_reports_lmms_eval_scores_relative_to_full(table_run, own_answers, task_utils):
-    _, samples, table = table_run
-    lines = table.splitlines()
-    assert lines[0] == f"| selector | r | {TASK} | relative |"
-    accuracy = {
-        row: 100.0 * sum(task_utils.normalize(a) == task_utils.normalize(s.answer) for a, s in zip(answers, samples)) / len(samples)
-        for row, answers in own_answers.items()
-    }
-    full = accuracy[("full", 1.0)]
-    assert lines[2] == f"| full | 1 | {full:.1f} | 100.0% |"
-    for line, row in zip(lines[3:5], [("learned", 0.2), ("random", 0.2)]):
-        share = 100.0 * accuracy[row] / full
-        assert line == f"| {row[0]} | 0.2 | {accuracy[row]:.1f} ({share:.1f}%) | {share:.1f}% |"
-    assert f"{TASK}: accuracy (in %)" in table
-
-
-def test_paper_table_resumes_from_existing_results(table_run):
-    """A second run finds every setting's results and writes the same table without calling lmms-eval."""
-    work, _, table = table_run
-    paper_table = load_paper_table()
-    output = work / "again.md"
-    paper_table.main([
-        "--model_args", f"pretrained={EMBEDDED_CHECKPOINT}", "--tasks", TASK, "--ratios", "0.2",
-        "--selectors", "learned,random", "--work_dir", str(work / "runs"), "--output", str(output),
-        "--lmms_eval", "false",  # would fail if it ran
-    ])  # fmt: skip
-    assert output.read_text() == table
-
-
-# ---------------------------------------------------------------------------------------------------- loading paths
+    def test_paper_table_resumes_from_existing_results(self, table_run):
+        """A second run finds every setting's results and writes the same table without calling lmms-eval."""
+        work, _, table = table_run
+        paper_table = load_paper_table()
+        output = work / "again.md"
+        paper_table.main([
+            "--model_args", f"pretrained={EMBEDDED_CHECKPOINT}", "--tasks", TASK, "--ratios", "0.2",
+            "--selectors", "learned,random", "--work_dir", str(work / "runs"), "--output", str(output),
+            "--lmms_eval", "false",  # would fail if it ran
+        ])  # fmt: skip
+        assert output.read_text() == table
 
 
 def fake_requests(task_dict_owner, images: list, question: str = "what is the colour of the square"):
@@ -300,105 +292,103 @@ def family_folders(family: str, root: Path) -> dict:
     return _FAMILY_FOLDERS[family]
 
 
-@pytest.mark.parametrize("kind", ["full", "scorer-only"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_plugin_loads_visionselector_checkpoints_of_every_family(family, kind, tmp_path_factory):
-    from visionselector.lmms_eval_model import VisionSelector
-
-    folders, trained, processor = family_folders(family, tmp_path_factory.getbasetemp() / "families")
-    lmm = VisionSelector(pretrained=str(folders[kind]), retention_ratio=0.5, device="cpu", batch_size=2)
-    assert type(lmm.model).__name__ == type(trained).__name__  # the remote code's class of the family
-    for name, value in trained.scorer.state_dict().items():
-        torch.testing.assert_close(lmm.model.scorer.state_dict()[name], value, rtol=0, atol=0)
-    images = family_images(family)
-    answers = [result.text for result in lmm.generate_until(fake_requests(lmm, images))]
-    assert answers == reference_answers(trained, processor, images, 0.5, "learned")
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_plugin_runs_a_training_free_selector_on_a_stock_checkpoint(family, tmp_path_factory):
-    from modeling_visionselector import VisionSelectorForConditionalGeneration
-
-    from visionselector.lmms_eval_model import VisionSelector
-
-    folders, _, _ = family_folders(family, tmp_path_factory.getbasetemp() / "families")
-    lmm = VisionSelector(pretrained=str(folders["stock"]), retention_ratio=0.5, selector="divprune", device="cpu", batch_size=2)
-    images = family_images(family)
-    answers = [result.text for result in lmm.generate_until(fake_requests(lmm, images))]
-    reference = VisionSelectorForConditionalGeneration.from_backbone(str(folders["stock"])).eval()
-    # the processor the plugin loaded from the folder: for a stock Qwen3.5 folder, AutoTokenizer picks the registered
-    # Qwen3_5Tokenizer over the tiny word-level tokenizer saved there
-    assert answers == reference_answers(reference, lmm.processor, images, 0.5, "divprune")
-    with pytest.raises(ValueError, match="stock checkpoint without a trained scorer"):
-        VisionSelector(pretrained=str(folders["stock"]), selector="learned", device="cpu")
-
-
-def test_a_scorer_only_artifact_without_processor_uses_its_backbones(tmp_path_factory, tmp_path):
-    from visionselector.publishing import save_scorer
-
-    from visionselector.lmms_eval_model import VisionSelector
-
-    folders, trained, processor = family_folders("qwen2_5_vl", tmp_path_factory.getbasetemp() / "families")
-    save_scorer(trained, tmp_path, base_model_name_or_path=str(folders["stock"]))
-    assert not (tmp_path / "processor_config.json").exists()
-    lmm = VisionSelector(pretrained=str(tmp_path), retention_ratio=0.5, device="cpu", batch_size=2)
-    images = family_images("qwen2_5_vl")
-    answers = [result.text for result in lmm.generate_until(fake_requests(lmm, images))]
-    assert answers == reference_answers(trained, processor, images, 0.5, "learned")
-
-
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     """The stock tiny Qwen2.5-VL checkpoint (processor: 56 x 56 to 112 x 112 px)."""
     return family_folders("qwen2_5_vl", tmp_path_factory.getbasetemp() / "families")[0]["stock"]
 
 
-def test_min_and_max_pixels_bound_the_processor(base_dir):
-    from visionselector.lmms_eval_model import VisionSelector
+class TestLoadingPaths:
+    """The plugin's loading paths, in process, for every family."""
 
-    def grid(lmm):
-        return lmm.processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (448, 448))])["image_grid_thw"].tolist()
+    @pytest.mark.parametrize("kind", ["full", "scorer-only"])
+    @pytest.mark.parametrize("family", FAMILIES)
+    def test_plugin_loads_visionselector_checkpoints_of_every_family(self, family, kind, tmp_path_factory):
+        from visionselector.lmms_eval_model import VisionSelector
 
-    assert grid(VisionSelector(pretrained=str(base_dir), selector="random", device="cpu")) == [[1, 8, 8]]  # its max 112 x 112 px
-    bounded = VisionSelector(pretrained=str(base_dir), selector="random", device="cpu", min_pixels=28 * 28, max_pixels=56 * 56)
-    assert grid(bounded) == [[1, 4, 4]]
+        folders, trained, processor = family_folders(family, tmp_path_factory.getbasetemp() / "families")
+        lmm = VisionSelector(pretrained=str(folders[kind]), retention_ratio=0.5, device="cpu", batch_size=2)
+        assert type(lmm.model).__name__ == type(trained).__name__  # the remote code's class of the family
+        for name, value in trained.scorer.state_dict().items():
+            torch.testing.assert_close(lmm.model.scorer.state_dict()[name], value, rtol=0, atol=0)
+        images = family_images(family)
+        answers = [result.text for result in lmm.generate_until(fake_requests(lmm, images))]
+        assert answers == reference_answers(trained, processor, images, 0.5, "learned")
 
+    @pytest.mark.parametrize("family", FAMILIES)
+    def test_plugin_runs_a_training_free_selector_on_a_stock_checkpoint(self, family, tmp_path_factory):
+        from modeling_visionselector import VisionSelectorForConditionalGeneration
 
-def test_task_generation_arguments_become_generate_keywords_and_stops():
-    from types import SimpleNamespace
+        from visionselector.lmms_eval_model import VisionSelector
 
-    from visionselector.lmms_eval_model import VisionSelector
+        folders, _, _ = family_folders(family, tmp_path_factory.getbasetemp() / "families")
+        lmm = VisionSelector(pretrained=str(folders["stock"]), retention_ratio=0.5, selector="divprune", device="cpu", batch_size=2)
+        images = family_images(family)
+        answers = [result.text for result in lmm.generate_until(fake_requests(lmm, images))]
+        reference = VisionSelectorForConditionalGeneration.from_backbone(str(folders["stock"])).eval()
+        # the processor the plugin loaded from the folder: for a stock Qwen3.5 folder, AutoTokenizer picks the registered
+        # Qwen3_5Tokenizer over the tiny word-level tokenizer saved there
+        assert answers == reference_answers(reference, lmm.processor, images, 0.5, "divprune")
+        with pytest.raises(ValueError, match="stock checkpoint without a trained scorer"):
+            VisionSelector(pretrained=str(folders["stock"]), selector="learned", device="cpu")
 
-    plugin = SimpleNamespace(max_new_tokens=128)
-    greedy = {"max_new_tokens": 16, "temperature": 0, "top_p": 1.0, "num_beams": 1, "do_sample": False,
-              "until": ["\n\n", "ASSISTANT:"], "image_aspect_ratio": "original"}  # fmt: skip
-    assert VisionSelector._generation_arguments(plugin, greedy) == (
-        {"max_new_tokens": 16, "num_beams": 1, "do_sample": False}, ["ASSISTANT:"]
+    def test_a_scorer_only_artifact_without_processor_uses_its_backbones(self, tmp_path_factory, tmp_path):
+        from visionselector.publishing import save_scorer
+
+        from visionselector.lmms_eval_model import VisionSelector
+
+        folders, trained, processor = family_folders("qwen2_5_vl", tmp_path_factory.getbasetemp() / "families")
+        save_scorer(trained, tmp_path, base_model_name_or_path=str(folders["stock"]))
+        assert not (tmp_path / "processor_config.json").exists()
+        lmm = VisionSelector(pretrained=str(tmp_path), retention_ratio=0.5, device="cpu", batch_size=2)
+        images = family_images("qwen2_5_vl")
+        answers = [result.text for result in lmm.generate_until(fake_requests(lmm, images))]
+        assert answers == reference_answers(trained, processor, images, 0.5, "learned")
+
+    def test_min_and_max_pixels_bound_the_processor(self, base_dir):
+        from visionselector.lmms_eval_model import VisionSelector
+
+        def grid(lmm):
+            return lmm.processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (448, 448))])["image_grid_thw"].tolist()
+
+        assert grid(VisionSelector(pretrained=str(base_dir), selector="random", device="cpu")) == [[1, 8, 8]]  # its max 112 x 112 px
+        bounded = VisionSelector(pretrained=str(base_dir), selector="random", device="cpu", min_pixels=28 * 28, max_pixels=56 * 56)
+        assert grid(bounded) == [[1, 4, 4]]
+
+    def test_task_generation_arguments_become_generate_keywords_and_stops(self):
+        from types import SimpleNamespace
+
+        from visionselector.lmms_eval_model import VisionSelector
+
+        plugin = SimpleNamespace(max_new_tokens=128)
+        greedy = {"max_new_tokens": 16, "temperature": 0, "top_p": 1.0, "num_beams": 1, "do_sample": False,
+                  "until": ["\n\n", "ASSISTANT:"], "image_aspect_ratio": "original"}  # fmt: skip
+        assert VisionSelector._generation_arguments(plugin, greedy) == (
+            {"max_new_tokens": 16, "num_beams": 1, "do_sample": False}, ["ASSISTANT:"]
+        )
+        sampled = {"temperature": 0.7, "top_p": 0.9, "until": "Q:"}
+        assert VisionSelector._generation_arguments(plugin, sampled) == (
+            {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.9, "do_sample": True}, ["Q:"]
+        )
+
+    @pytest.mark.parametrize(
+        "arguments, message",
+        [
+            ({"retention_ratio": 1.5}, "retention_ratio"),
+            ({"retention_ratio": 0}, "retention_ratio"),
+            ({"selector": "best"}, "Unknown selector 'best'"),
+            ({"batch_size": 0}, "batch_size"),
+            ({"batch_size": "auto"}, "batch_size"),
+            ({"max_new_tokens": -1}, "max_new_tokens"),
+            ({"dtype": "int8"}, "dtype"),
+            ({"seed": 1.5}, "seed"),
+            ({"max_pixels": 0}, "max_pixels"),
+            ({"min_pixels": 3136, "max_pixels": 784}, r"`min_pixels` \(3136\) must not exceed `max_pixels` \(784\)"),
+            ({"temperature": 0.7}, r"Unknown model arguments \['temperature'\]"),
+        ],
     )
-    sampled = {"temperature": 0.7, "top_p": 0.9, "until": "Q:"}
-    assert VisionSelector._generation_arguments(plugin, sampled) == (
-        {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.9, "do_sample": True}, ["Q:"]
-    )
+    def test_bad_model_arguments_are_value_errors(self, arguments, message):
+        from visionselector.lmms_eval_model import VisionSelector
 
-
-@pytest.mark.parametrize(
-    "arguments, message",
-    [
-        ({"retention_ratio": 1.5}, "retention_ratio"),
-        ({"retention_ratio": 0}, "retention_ratio"),
-        ({"selector": "best"}, "Unknown selector 'best'"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"batch_size": "auto"}, "batch_size"),
-        ({"max_new_tokens": -1}, "max_new_tokens"),
-        ({"dtype": "int8"}, "dtype"),
-        ({"seed": 1.5}, "seed"),
-        ({"max_pixels": 0}, "max_pixels"),
-        ({"min_pixels": 3136, "max_pixels": 784}, r"`min_pixels` \(3136\) must not exceed `max_pixels` \(784\)"),
-        ({"temperature": 0.7}, r"Unknown model arguments \['temperature'\]"),
-    ],
-)
-def test_bad_model_arguments_are_value_errors(arguments, message):
-    from visionselector.lmms_eval_model import VisionSelector
-
-    with pytest.raises(ValueError, match=message):
-        VisionSelector(pretrained=str(EMBEDDED_CHECKPOINT), device="cpu", **arguments)
+        with pytest.raises(ValueError, match=message):
+            VisionSelector(pretrained=str(EMBEDDED_CHECKPOINT), device="cpu", **arguments)
