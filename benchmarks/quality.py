@@ -37,11 +37,11 @@ from transformers import AutoProcessor
 
 from modeling_visionselector import VisionSelectorForConditionalGeneration
 from modeling_visionselector.selectors import SELECTORS
+from visionselector.selectors import TRAINING_FREE_SELECTORS
 from visionselector.tasks import answer_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "visionselector" / "checkpoints" / "tiny-shapes"
-TRAINING_FREE = [name for name in SELECTORS if name not in ("learned", "learned+diversity")]
 
 
 @torch.no_grad()
@@ -68,7 +68,7 @@ def targets(results, ratios, ratio: float = 0.1, floor: float = 0.9, margin: flo
     lines = []
     learned = results["learned"]
     for r in [r for r in ratios if r <= 0.2]:
-        best_name = max(TRAINING_FREE, key=lambda name: results[name][r])
+        best_name = max(TRAINING_FREE_SELECTORS, key=lambda name: results[name][r])
         best = results[best_name][r]
         line = f"- r = {r}: learned {learned[r]:.3f}, best training-free ({best_name}) {best:.3f}: {100 * (learned[r] - best):+.1f} points"
         if r == ratio:

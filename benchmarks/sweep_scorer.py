@@ -60,8 +60,8 @@ import torch
 from transformers import AutoProcessor, PrinterCallback
 from transformers.utils import logging as transformers_logging
 
-from modeling_visionselector import VisionSelectorForConditionalGeneration
-from visionselector.cli import TRAINING_FREE
+from modeling_visionselector import SCORER_PREFIX, VisionSelectorForConditionalGeneration
+from visionselector.selectors import TRAINING_FREE_SELECTORS
 from visionselector.tasks import SHAPES, VALIDATION_SEED, answer_accuracy, make_samples, task_dataset, task_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def load_backbone(path: Path):
     config = Qwen2_5_VLConfig(**{key: value for key, value in model.config.to_dict().items() if key not in dropped})
     backbone = Qwen2_5_VLForConditionalGeneration(config)
     # every backbone tensor by name, nothing left over but the scorer
-    backbone.load_state_dict({name: tensor for name, tensor in model.state_dict().items() if not name.startswith("scorer.")}, strict=True)
+    backbone.load_state_dict({name: tensor for name, tensor in model.state_dict().items() if not name.startswith(SCORER_PREFIX)}, strict=True)
     return backbone.eval()
 
 
@@ -249,7 +249,7 @@ def main(argv=None):
         full_model = VisionSelectorForConditionalGeneration.from_backbone(loaded["backbone"], base_model_name_or_path=None).eval()
         full[task] = answer_accuracy(full_model, loaded["batches"], retention_ratio=1.0)
         baselines[task] = {}
-        for selector in TRAINING_FREE:
+        for selector in TRAINING_FREE_SELECTORS:
             torch.manual_seed(0)  # the random selector draws from torch's global generator
             baselines[task][selector] = {
                 str(r): answer_accuracy(full_model, loaded["batches"], retention_ratio=r, selector=selector) for r in EVAL_RATIOS

@@ -237,14 +237,14 @@ def measure_step(checkpointing: bool, batch: int, text_tokens: int) -> dict:
     import torch.nn.functional as F
     from PIL import Image
 
-    from modeling_visionselector import VisionSelectorForConditionalGeneration
+    from modeling_visionselector import SCORER_PREFIX, VisionSelectorForConditionalGeneration
     from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = VisionSelectorForConditionalGeneration.from_backbone(tiny_qwen2_5_vl(**CHECK_SHAPES)).train()
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name.startswith("scorer."))
+        parameter.requires_grad_(name.startswith(SCORER_PREFIX))
     if checkpointing:
         # `activation_checkpointing_enable` from transformers 5.24, `gradient_checkpointing_enable` before
         enable = getattr(model, "activation_checkpointing_enable", None)

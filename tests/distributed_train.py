@@ -20,6 +20,7 @@ import torch
 from datasets import Dataset
 from PIL import Image
 
+from modeling_visionselector import SCORER_PREFIX
 from visionselector.tiny import tiny_processor
 from visionselector_training import VisionSelectorSFTConfig, VisionSelectorSFTTrainer
 
@@ -70,7 +71,7 @@ def train(backbone: str, output_dir: str, per_device_batch: int, resume: str | N
 
 def scorer_tensors(trainer) -> dict[str, torch.Tensor]:
     model = trainer.accelerator.unwrap_model(trainer.model)
-    return {name: t.detach().clone() for name, t in model.state_dict().items() if name.startswith("scorer.")}
+    return {name: t.detach().clone() for name, t in model.state_dict().items() if name.startswith(SCORER_PREFIX)}
 
 
 def main(argv: list[str]) -> None:

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from visionselector.cli import EMBEDDED_CHECKPOINT, TRAINING_FREE, main
+from visionselector.cli import EMBEDDED_CHECKPOINT, main
+from visionselector.selectors import TRAINING_FREE_SELECTORS
 from visionselector.tasks import HELD_OUT_SEED, answer_accuracy, make_sample, make_samples, task_inputs
 
 # Fresh held-out samples: the recipe never saw them, and the demo uses the first 100 held-out seeds.
@@ -78,7 +79,7 @@ def test_learned_scorer_beats_every_training_free_selector_at_a_tenth(embedded, 
     # every training-free selector <= 5%.
     model, _ = embedded
     learned = _accuracy(model, held_out_batches, 0.1, "learned")
-    training_free = {name: _accuracy(model, held_out_batches, 0.1, name) for name in TRAINING_FREE}
+    training_free = {name: _accuracy(model, held_out_batches, 0.1, name) for name in TRAINING_FREE_SELECTORS}
     assert learned >= 0.8, learned
     assert learned >= max(training_free.values()) + 0.5, (learned, training_free)
 
@@ -126,7 +127,7 @@ class TestCommand:
         rows = [line.split() for line in lines if line.strip().split(" ")[0] in {"1.0", "0.5", "0.3", "0.2", "0.1"}]
         assert [row[0] for row in rows] == ["1.0", "0.5", "0.3", "0.2", "0.1"]
         assert [row[1] for row in rows] == ["49", "24", "14", "9", "4"]  # of the 7 x 7 merged tokens
-        assert all(row[6] in TRAINING_FREE for row in rows)  # the name of the best training-free selector
+        assert all(row[6] in TRAINING_FREE_SELECTORS for row in rows)  # the name of the best training-free selector
         _assert_png(tmp_path / "demo.png")
 
     def test_generate_command_answers_and_shows_kept_tokens(self, tmp_path):

@@ -19,6 +19,7 @@ from transformers import AutoModel, AutoModelForImageTextToText
 
 from conftest import build_inputs
 from modeling_visionselector import (
+    SCORER_PREFIX,
     VISIONSELECTOR_CLASSES,
     VisionSelectorForConditionalGeneration,
     num_kept_tokens,
@@ -365,7 +366,7 @@ def test_the_trainer_changes_only_the_scorer(family, tmp_path):
     trainer.train()
     for name, parameter in trainer.model.named_parameters():
         changed = not torch.equal(parameter, before[name])
-        if not name.startswith("scorer."):
+        if not name.startswith(SCORER_PREFIX):
             assert not changed, name
         elif name != "scorer.q_proj.bias":  # it shifts every score of an item alike: its gradient is ~0
             assert changed, name

@@ -20,6 +20,7 @@ import torch
 from transformers.trainer_utils import get_last_checkpoint
 
 from distributed_train import dataset
+from modeling_visionselector import SCORER_PREFIX
 from visionselector.tiny import tiny_processor
 from visionselector_training import VisionSelectorSFTConfig, VisionSelectorSFTTrainer
 from visionselector_training.tiny_assets import write_tiny_backbone
@@ -88,7 +89,7 @@ def attempt(backbone: str, output_dir: str, crash_save: int | None = None, crash
     )
     trainer.crash_save, trainer.crash_stage = crash_save, crash_stage
     trainer.train(resume_from_checkpoint=True if get_last_checkpoint(output_dir) else None)
-    scorer = {name: t.detach().clone() for name, t in trainer.model.state_dict().items() if name.startswith("scorer.")}
+    scorer = {name: t.detach().clone() for name, t in trainer.model.state_dict().items() if name.startswith(SCORER_PREFIX)}
     safetensors.torch.save_file(scorer, os.path.join(output_dir, "final.safetensors"))
 
 

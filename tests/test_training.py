@@ -15,7 +15,7 @@ import yaml
 from datasets import Dataset
 from PIL import Image
 
-from modeling_visionselector import VisionSelectorForConditionalGeneration
+from modeling_visionselector import SCORER_PREFIX, VisionSelectorForConditionalGeneration
 from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl
 from visionselector_training import (
     SCORER_CHECKPOINT_NAME,
@@ -291,7 +291,7 @@ class TestVisionSelectorSFTTrainer:
         trainer = make_trainer(tmp_path, dataset)
         assert isinstance(trainer.model, VisionSelectorForConditionalGeneration)  # the stock backbone was wrapped
         trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
-        assert trainable == {name for name, _ in trainer.model.named_parameters() if name.startswith("scorer.")}
+        assert trainable == {name for name, _ in trainer.model.named_parameters() if name.startswith(SCORER_PREFIX)}
         assert trainer.num_trainable_parameters == sum(p.numel() for p in trainer.model.scorer.parameters())
         assert trainer.model.config.train_retention_ratio == 0.2
         with pytest.raises(ValueError, match="peft_config"):
@@ -306,7 +306,7 @@ class TestVisionSelectorSFTTrainer:
         loss = trainer.compute_loss(trainer.model, first_batch(trainer))
         loss.backward()
         for name, parameter in trainer.model.named_parameters():
-            if not name.startswith("scorer."):
+            if not name.startswith(SCORER_PREFIX):
                 assert parameter.grad is None, name
             elif name in SHIFT_INVARIANT:
                 reference = trainer.model.scorer.k_proj.bias.grad.abs().max()
@@ -340,9 +340,9 @@ class TestVisionSelectorSFTTrainer:
         before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
         trainer.train()
         for name, parameter in trainer.model.named_parameters():
-            if name.startswith("scorer.") and name not in SHIFT_INVARIANT:
+            if name.startswith(SCORER_PREFIX) and name not in SHIFT_INVARIANT:
                 assert not torch.equal(parameter, before[name]), f"{name} did not change"
-            elif not name.startswith("scorer."):
+            elif not name.startswith(SCORER_PREFIX):
                 assert torch.equal(parameter, before[name]), f"{name} changed"
         logs = [entry for entry in trainer.state.log_history if "reg_weight" in entry]
         assert len(logs) == 4

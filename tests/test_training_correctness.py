@@ -17,7 +17,7 @@ from datasets import Dataset
 from PIL import Image
 from transformers import AutoModel, TrainerCallback
 
-from modeling_visionselector import VisionSelectorForConditionalGeneration
+from modeling_visionselector import SCORER_PREFIX, VisionSelectorForConditionalGeneration
 from visionselector.publishing import save_scorer
 from visionselector.tiny import tiny_processor, tiny_qwen2_5_vl
 from visionselector_training import SCORER_CHECKPOINT_NAME, VisionSelectorSFTTrainer
@@ -169,7 +169,7 @@ class TestCheckpoints:
         assert {path.name for path in reference.iterdir()} <= {path.name for path in checkpoint.iterdir()}
 
         # Resuming from step 2 replays step 3 exactly.
-        final = {name: tensor.clone() for name, tensor in trainer.model.state_dict().items() if name.startswith("scorer.")}
+        final = {name: tensor.clone() for name, tensor in trainer.model.state_dict().items() if name.startswith(SCORER_PREFIX)}
         resumed = make_trainer(tmp_path, dataset, model=backbone_dir, processor=processor, **args)
         resumed.args.output_dir = str(tmp_path / "resumed")
         resumed.train(resume_from_checkpoint=str(checkpoint))
@@ -385,7 +385,7 @@ class TestGradientAccumulation:
             trainer.add_callback(recorder)
             trainer.train()
             gradients.append(recorder.gradients)
-        assert set(gradients[0]) == {n for n, _ in trainer.model.named_parameters() if n.startswith("scorer.")}
+        assert set(gradients[0]) == {n for n, _ in trainer.model.named_parameters() if n.startswith(SCORER_PREFIX)}
         for name, gradient in gradients[0].items():
             if name == "scorer.q_proj.bias":
                 # it shifts all scores of an item alike, which the standardised top-k removes: its gradient is zero up
@@ -490,7 +490,7 @@ class TestSeeds:
     """A fresh scorer depends on the seed only (found with the distributed test)."""
 
     def test_fresh_scorer_follows_the_seed(self, tmp_path, dataset):
-        """A scorer drawn for a stock backbone depends on `args.seed` only: every rank and every run start alike."""
+        """A scorer drawn for a backbone depends on `args.seed` only: every rank and every run start alike."""
         backbone_dir = write_tiny_backbone(str(tmp_path / "backbone"))
         scorers = []
         for seed, noise in ((0, 1), (0, 2), (1, 1)):

@@ -45,7 +45,7 @@ from vllm.multimodal.video_prune.evs import compute_mrope_for_media, recompute_m
 from vllm.plugins import load_general_plugins  # noqa: E402
 from vllm.v1.worker.gpu.mm.rope import RopeState  # noqa: E402
 
-from modeling_visionselector import VisionSelectorForConditionalGeneration  # noqa: E402
+from modeling_visionselector import SCORER_PREFIX, VisionSelectorForConditionalGeneration  # noqa: E402
 from visionselector.publishing import save_scorer  # noqa: E402
 from modeling_visionselector.scoring import VisionSelectorScorer, num_kept_tokens  # noqa: E402
 from visionselector.merge import merge_scorer_artifact  # noqa: E402
@@ -446,9 +446,9 @@ def test_scorer_weight_names(engine):
     model = engine.model
     original = {name: value.clone() for name, value in model.scorer.state_dict().items()}
     reference = {f"scorer.{name}": value for name, value in engine.reference.scorer.state_dict().items()}
-    assert all(torch.equal(original[name.removeprefix("scorer.")], value) for name, value in reference.items())
+    assert all(torch.equal(original[name.removeprefix(SCORER_PREFIX)], value) for name, value in reference.items())
     try:
-        for prefix in ("visual.importance_scorer.", "model.visual.importance_scorer.", "scorer."):
+        for prefix in ("visual.importance_scorer.", "model.visual.importance_scorer.", SCORER_PREFIX):
             new = {name: torch.randn_like(value) for name, value in original.items()}
             loaded = model.load_weights((prefix + name, value) for name, value in new.items())
             assert loaded == {f"scorer.{name}" for name in new}

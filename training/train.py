@@ -1,7 +1,8 @@
 """
-Train the scorer of a VisionSelector on a Qwen-VL backbone (everything else stays frozen).
+Train the scorer of a VisionSelector on a Qwen-VL backbone (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, dense or MoE;
+everything else stays frozen).
 
-`--model_name_or_path` is a stock Qwen-VL (wrapped with a fresh scorer) or an existing VisionSelector (training
+`--model_name_or_path` is a Qwen-VL backbone (wrapped with a fresh scorer) or an existing VisionSelector (training
 continues from its scorer). `--dataset_name` is a local JSON/JSONL file, or a dataset on the Hub in TRL's vision
 format. A local file is in either layout, told apart by its columns: LLaVA / ShareGPT (`conversations` with
 `<image>` / `<video>` tags, `image` and `video` paths: the paper's data) or TRL's (`messages`, `images`, optionally
@@ -149,7 +150,7 @@ def main(script_args, training_args: VisionSelectorSFTConfig, model_args) -> Vis
             training_args.num_train_epochs,
         )
 
-    set_seed(training_args.seed)  # the fresh scorer of a stock backbone is drawn while loading
+    set_seed(training_args.seed)  # the fresh scorer of a backbone is drawn while loading
     model = load_visionselector(
         model_args.model_name_or_path,
         revision=model_args.model_revision,

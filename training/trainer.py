@@ -53,9 +53,9 @@ STAGING_PREFIX = ".staging-"
 
 
 def load_visionselector(model_name_or_path: str, **kwargs):
-    """A VisionSelector from a folder or Hub id of either a VisionSelector or a stock Qwen-VL backbone of any family.
+    """A VisionSelector from a folder or Hub id of either a VisionSelector or a Qwen-VL backbone of any family.
 
-    A stock backbone is wrapped with [`VisionSelectorForConditionalGeneration.from_backbone`] (fresh scorer) into the
+    A backbone is wrapped with [`VisionSelectorForConditionalGeneration.from_backbone`] (fresh scorer) into the
     VisionSelector class of its family; a VisionSelector is loaded with its trained scorer.
 
     Args:
@@ -78,7 +78,7 @@ def load_visionselector(model_name_or_path: str, **kwargs):
     unsupported = sorted(set(kwargs) - set(_BACKBONE_LOADING_KWARGS))
     if unsupported:
         raise ValueError(
-            f"Loading a stock {model_type} backbone accepts only {list(_BACKBONE_LOADING_KWARGS)}, got {unsupported}."
+            f"Loading a {model_type} backbone accepts only {list(_BACKBONE_LOADING_KWARGS)}, got {unsupported}."
         )
     # A local backbone is recorded by its absolute path, so the saved checkpoints load from any directory.
     base = os.path.abspath(model_name_or_path) if os.path.isdir(model_name_or_path) else model_name_or_path
@@ -110,8 +110,8 @@ class VisionSelectorSFTTrainer(SFTTrainer):
     never picks a half-written one after a crash.
 
     Args:
-        model (a VisionSelector model, a stock Qwen-VL model of a supported family, or `str`):
-            the model; a stock backbone (object or path) is wrapped with a fresh scorer. A path is loaded with
+        model (a VisionSelector model, a Qwen-VL backbone of a supported family, or `str`):
+            the model; a backbone (object or path) is wrapped with a fresh scorer. A path is loaded with
             `args.model_init_kwargs`.
         args ([`VisionSelectorSFTConfig`], *optional*): the configuration; other `TrainingArguments` are converted.
         objective (`Callable`, *optional*): the training objective, called once per micro-batch as
@@ -131,7 +131,7 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             raise ValueError("`peft_config` is not supported: VisionSelectorSFTTrainer trains the scorer only.")
         if not isinstance(model, str) and not isinstance(getattr(model, "config", None), PreTrainedConfig):
             raise ValueError(
-                f"`model` must be a VisionSelector or a stock Qwen-VL backbone ({sorted(VISIONSELECTOR_CLASSES)}) or a "
+                f"`model` must be a VisionSelector or a Qwen-VL backbone ({sorted(VISIONSELECTOR_CLASSES)}) or a "
                 f"path to one, got {type(model).__name__}."
             )
         if args is None:
@@ -167,7 +167,7 @@ class VisionSelectorSFTTrainer(SFTTrainer):
             model = VisionSelectorForConditionalGeneration.from_backbone(model)
         if not _is_visionselector(model):
             raise ValueError(
-                f"VisionSelectorSFTTrainer needs a VisionSelector or a stock Qwen-VL backbone ({sorted(VISIONSELECTOR_CLASSES)}), "
+                f"VisionSelectorSFTTrainer needs a VisionSelector or a Qwen-VL backbone ({sorted(VISIONSELECTOR_CLASSES)}), "
                 f"got {type(model).__name__}."
             )
         model.config.train_retention_ratio = args.train_retention_ratio

@@ -17,8 +17,6 @@ from pathlib import Path
 
 EMBEDDED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny-shapes"
 DEMO_RATIOS = (1.0, 0.5, 0.3, 0.2, 0.1)
-# The selectors that need no training, the learned scorer's rivals in the demo table.
-TRAINING_FREE = ("random", "uniform", "norm", "divprune", "dart")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 # Qwen-VL processors refuse images whose longer side is more than this many times the shorter.
 MAX_ASPECT_RATIO = 200
@@ -51,7 +49,10 @@ def _selector_names() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visionselector",
-        description="VisionSelector for Qwen2.5-VL: keep the visual tokens that matter, prefill on fewer tokens.",
+        description=(
+            "VisionSelector for Qwen-VL backbones (Qwen2-VL, Qwen2.5-VL, Qwen3-VL(-MoE) and Qwen3.5(-MoE)): keep the "
+            "visual tokens that matter, prefill on fewer tokens."
+        ),
         epilog=(
             "exit codes: 0 success, 1 the model could not be loaded or run, 2 bad arguments.\n"
             f"embedded checkpoint: {EMBEDDED_CHECKPOINT}"
@@ -367,7 +368,7 @@ def demo_figure(model, processor, sample, rival: str = "random", ratios=(0.5, 0.
 def run_demo(args) -> int:
     import torch
 
-    from modeling_visionselector.selectors import SELECTORS
+    from visionselector.selectors import TRAINING_FREE_SELECTORS
     from visionselector.tasks import HELD_OUT_SEED, QUESTION, make_samples, task_inputs
 
     if args.samples < 1 or args.batch_size < 1:
@@ -389,7 +390,7 @@ def run_demo(args) -> int:
     times = _prefill_times(model, prompts, DEMO_RATIOS)
     print(
         f"{len(samples)} held-out samples of '{QUESTION}' (the answer: the three colours in rainbow order, right only "
-        f"if all three are). Best training-free: the most accurate of {', '.join(TRAINING_FREE)} at that ratio. "
+        f"if all three are). Best training-free: the most accurate of {', '.join(TRAINING_FREE_SELECTORS)} at that ratio. "
         f"Times: ms per sample, batch of {batch_size}, best of 5; LLM prefill = the language model on the pruned "
         "prompt, forward = vision encoder + scorer + LLM prefill."
     )
@@ -402,7 +403,7 @@ def run_demo(args) -> int:
     rivals = {}
     for ratio in DEMO_RATIOS:
         learned, kept = _accuracy(model, batches, ratio, "learned", args.seed)
-        accuracy = {name: _accuracy(model, batches, ratio, name, args.seed)[0] for name in TRAINING_FREE if name in SELECTORS}
+        accuracy = {name: _accuracy(model, batches, ratio, name, args.seed)[0] for name in TRAINING_FREE_SELECTORS}
         rival = max(accuracy, key=accuracy.get)
         rivals[ratio] = rival
         language_model, total = (1000 * seconds / batch_size for seconds in times[ratio])

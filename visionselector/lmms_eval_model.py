@@ -51,8 +51,6 @@ from tqdm import tqdm
 
 MODEL_NAME = "visionselector"
 
-# Selectors that read the learned scores: meaningless with the fresh scorer of a stock checkpoint.
-SCORE_READING_SELECTORS = ("learned", "learned+diversity")
 # Generation keywords of lmms-eval tasks that `generate` understands; `until` and `do_sample` are handled apart.
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "num_beams", "repetition_penalty", "length_penalty")
 DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -170,6 +168,7 @@ class VisionSelector(lmms):
             raise ValueError(f"Unknown model arguments {sorted(kwargs)} for `{MODEL_NAME}`; see `{__name__}`'s docstring.")
         from modeling_visionselector import validate_retention_ratio
         from modeling_visionselector.selectors import SELECTORS
+        from visionselector.selectors import SCORE_READING_SELECTORS, TRAINING_FREE_SELECTORS
 
         if selector not in SELECTORS:
             raise ValueError(f"Unknown selector {selector!r}; accepted: {', '.join(SELECTORS)}.")
@@ -198,11 +197,12 @@ class VisionSelector(lmms):
             attn_implementation=attn_implementation,
             device_map=device_map,
         )
+        # the score-reading selectors are meaningless with the fresh scorer of a backbone
         if not trained and selector in SCORE_READING_SELECTORS:
             raise ValueError(
                 f"{pretrained!r} is a stock checkpoint without a trained scorer, so selector={selector!r} would rank "
                 "tokens by random scores. Pass a training-free selector "
-                f"({', '.join(s for s in SELECTORS if s not in SCORE_READING_SELECTORS)}) or a VisionSelector checkpoint."
+                f"({', '.join(TRAINING_FREE_SELECTORS)}) or a VisionSelector checkpoint."
             )
         self._model = (model if device_map is not None else model.to(device)).eval()
         self._device = self._model.device

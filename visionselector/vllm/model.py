@@ -43,6 +43,7 @@ from vllm.multimodal.inputs import MultiModalFeatureSpec
 from vllm.multimodal.utils import copy_mm_embedding_modality
 from vllm.utils.torch_utils import async_tensor_h2d
 
+from modeling_visionselector import SCORER_PREFIX
 from modeling_visionselector.scoring import VisionSelectorScorer
 from modeling_visionselector.selectors import select_tokens
 
@@ -67,7 +68,7 @@ SERVED_MODEL_TYPES = {
     "visionselector_qwen3_vl": "Qwen3-VL: images",
 }
 # The paper's checkpoints keep the scorer inside the vision tower; ours at the top level.
-SCORER_RENAMING = WeightsMapper(orig_to_new_regex={re.compile(r"^(model\.)?visual\.importance_scorer\."): "scorer."})
+SCORER_RENAMING = WeightsMapper(orig_to_new_regex={re.compile(r"^(model\.)?visual\.importance_scorer\."): SCORER_PREFIX})
 
 
 def served_types() -> str:
