@@ -36,8 +36,7 @@ import torch
 from transformers import AutoProcessor
 
 from modeling_visionselector import VisionSelectorForConditionalGeneration
-from modeling_visionselector.selectors import SELECTORS
-from visionselector.selectors import TRAINING_FREE_SELECTORS
+from modeling_visionselector.selectors import SELECTORS, TRAINING_FREE_SELECTORS
 from visionselector.tasks import answer_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]

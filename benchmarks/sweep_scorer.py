@@ -61,7 +61,7 @@ from transformers import AutoProcessor, PrinterCallback
 from transformers.utils import logging as transformers_logging
 
 from modeling_visionselector import SCORER_PREFIX, VisionSelectorForConditionalGeneration
-from visionselector.selectors import TRAINING_FREE_SELECTORS
+from modeling_visionselector.selectors import TRAINING_FREE_SELECTORS
 from visionselector.tasks import SHAPES, VALIDATION_SEED, answer_accuracy, make_samples, task_dataset, task_inputs
 
 ROOT = Path(__file__).resolve().parents[1]

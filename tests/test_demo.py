@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from visionselector.cli import EMBEDDED_CHECKPOINT, main
-from visionselector.selectors import TRAINING_FREE_SELECTORS
+from modeling_visionselector.selectors import TRAINING_FREE_SELECTORS
 from visionselector.tasks import HELD_OUT_SEED, answer_accuracy, make_sample, make_samples, task_inputs
 
 

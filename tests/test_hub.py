@@ -168,12 +168,12 @@ class TestScorerArtifact:
         config = json.loads((scorer_dir / "config.json").read_text())
         assert config["scorer_only"] is True
         assert config["base_model_name_or_path"] and Path(config["base_model_name_or_path"]).is_dir()
-        assert config["architectures"] == ["VisionSelectorForConditionalGeneration"]
+        assert config["architectures"] == ["VisionSelectorQwen2_5_VLForConditionalGeneration"]
         assert config["auto_map"] == {
-            "AutoConfig": "configuration_visionselector.VisionSelectorConfig",
-            "AutoModel": "modeling_visionselector.VisionSelectorForConditionalGeneration",
-            "AutoModelForImageTextToText": "modeling_visionselector.VisionSelectorForConditionalGeneration",
-            "AutoModelForVision2Seq": "modeling_visionselector.VisionSelectorForConditionalGeneration",
+            "AutoConfig": "configuration_visionselector.VisionSelectorQwen2_5_VLConfig",
+            "AutoModel": "modeling_visionselector.VisionSelectorQwen2_5_VLForConditionalGeneration",
+            "AutoModelForImageTextToText": "modeling_visionselector.VisionSelectorQwen2_5_VLForConditionalGeneration",
+            "AutoModelForVision2Seq": "modeling_visionselector.VisionSelectorQwen2_5_VLForConditionalGeneration",
         }
 
     def test_scorer_safetensors_holds_no_backbone_tensor(self, scorer_dir, trained):
@@ -241,7 +241,7 @@ class TestLoadingTheArtifact:
         assert "visionselector-hf-modules" in str(modules_cache) or "tmp" in str(modules_cache), modules_cache
         for auto_class in (AutoModel, AutoModelForImageTextToText):
             loaded = auto_class.from_pretrained(scorer_dir, trust_remote_code=True)
-            assert type(loaded).__name__ == "VisionSelectorForConditionalGeneration"
+            assert type(loaded).__name__ == "VisionSelectorQwen2_5_VLForConditionalGeneration"
             assert type(loaded).__module__.startswith("transformers_modules"), type(loaded).__module__
             assert_same_tensors(trained.state_dict(), loaded.state_dict())
         assert torch.equal(scores(loaded, image_inputs), scores(trained, image_inputs))

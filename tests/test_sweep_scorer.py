@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from visionselector.selectors import TRAINING_FREE_SELECTORS
+from modeling_visionselector.selectors import TRAINING_FREE_SELECTORS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))

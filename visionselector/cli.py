@@ -368,7 +368,7 @@ def demo_figure(model, processor, sample, rival: str = "random", ratios=(0.5, 0.
 def run_demo(args) -> int:
     import torch
 
-    from visionselector.selectors import TRAINING_FREE_SELECTORS
+    from modeling_visionselector.selectors import TRAINING_FREE_SELECTORS
     from visionselector.tasks import HELD_OUT_SEED, QUESTION, make_samples, task_inputs
 
     if args.samples < 1 or args.batch_size < 1:

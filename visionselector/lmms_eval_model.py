@@ -167,8 +167,7 @@ class VisionSelector(lmms):
         if kwargs:
             raise ValueError(f"Unknown model arguments {sorted(kwargs)} for `{MODEL_NAME}`; see `{__name__}`'s docstring.")
         from modeling_visionselector import validate_retention_ratio
-        from modeling_visionselector.selectors import SELECTORS
-        from visionselector.selectors import SCORE_READING_SELECTORS, TRAINING_FREE_SELECTORS
+        from modeling_visionselector.selectors import SCORE_READING_SELECTORS, SELECTORS, TRAINING_FREE_SELECTORS
 
         if selector not in SELECTORS:
             raise ValueError(f"Unknown selector {selector!r}; accepted: {', '.join(SELECTORS)}.")
