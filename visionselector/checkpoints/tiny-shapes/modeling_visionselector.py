@@ -62,6 +62,7 @@ from .configuration_visionselector import (
 from .pruning import batch_padding_side, check_placeholder_rows, placeholder_keep_mask, prune_batch
 from .scoring import (
     VisionSelectorScorer,
+    build_scorer,
     differentiable_topk,
     hard_topk_mask,
     num_kept_tokens,
@@ -232,7 +233,7 @@ class VisionSelectorMixin:
 
     def __init__(self, config):
         super().__init__(config)
-        self.scorer = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
+        self.scorer = build_scorer(config)
         self.post_init()
         if config.scorer_only:  # the backbone checkpoint has no scorer; `from_pretrained` loads it from the artifact
             self._keys_to_ignore_on_load_missing = {*(self._keys_to_ignore_on_load_missing or ()), r"^scorer\."}
@@ -1077,7 +1078,7 @@ def _check_empty_cache(arguments: dict) -> None:
 def check_scorer_tensors(tensors: dict[str, torch.Tensor], config, source: str) -> None:
     """Raises a `ValueError` unless `tensors` are exactly the `scorer.*` tensors of a model with `config`."""
     with torch.device("meta"):
-        reference = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
+        reference = build_scorer(config)
     expected = {f"scorer.{name}": value.shape for name, value in reference.state_dict().items()}
     if set(tensors) != set(expected):
         raise ValueError(
