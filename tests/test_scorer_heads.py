@@ -200,3 +200,35 @@ def test_heads_generation_matches_stock_oracle_on_kept_tokens(heads_model, stock
         generated = out[row, prompt_length:].tolist()
         generated = generated[: generated.index(eos) + 1] if eos in generated else generated
         assert generated == greedy_tokens(stock_model, embeds, positions, 5)
+
+
+# ---------------------------------------------------------------------------------------------------- scripts
+
+
+def test_prefill_benchmark_times_both_scorers_with_their_parameter_count():
+    from conftest import ROOT, load_script
+
+    prefill = load_script("benchmarks_prefill", ROOT / "benchmarks" / "prefill.py")
+    rows = prefill.bench_scorer([16, 32], 24, 1, torch.device("cpu"), torch.float32, naive_max_gib=1.0)
+    assert [(row["scorer"], row["tokens"]) for row in rows] == [("paper", 16), ("paper", 32), ("heads=4 max", 16), ("heads=4 max", 32)]
+    assert {row["parameters"] for row in rows} == {2 * (24 * 12 + 12)}
+    assert all(row["max_abs_difference"] < 1e-4 for row in rows)  # the mean-key form equals the N x N formula
+    table = prefill.scorer_table(rows)
+    assert "| heads=4 max | 600 | 32 |" in table and "| paper | 600 | 16 |" in table
+
+
+def test_hub_configs_write_the_scorer_fields(tmp_path):
+    from conftest import ROOT, load_script
+
+    generate = load_script("hub_configs_generate", ROOT / "hub_configs" / "generate.py")
+    name = "VisionSelector-Qwen2.5-VL-3B-Instruct"
+    written = json.loads((ROOT / "hub_configs" / name / "config.json").read_text())
+    assert (written["scorer_heads"], written["scorer_head_reduction"]) == (1, "max")  # the paper's scorer, stated
+    assert generate.main(["--scorer-heads", "4", "--output-dir", str(tmp_path)]) == 0
+    config = json.loads((tmp_path / name / "config.json").read_text())
+    assert config["scorer_heads"] == 4
+    assert generate.main(["--check", "--scorer-heads", "4", "--output-dir", str(tmp_path)]) == 0
+    assert generate.main(["--check", "--output-dir", str(tmp_path)]) == 1  # not the paper's scorer
+    with pytest.raises(SystemExit):
+        generate.main(["--scorer-heads", "7", "--output-dir", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
