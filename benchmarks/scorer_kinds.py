@@ -14,9 +14,10 @@ validation `VALIDATION_SEED`.., as the recipe's stage 1 (`recipes/build_tiny_che
 `VisionSelectorSFTTrainer` at `VisionSelectorSFTConfig`'s defaults (issue 18's recipe: no per-task setting; only the
 run length, `--steps` of `--batch-size`), on the task's question (seeds from 500000, the recipe's stage 2), and scores
 the learned selections and every training-free selector at r = 0.5 / 0.2 / 0.1 on held-out samples (seeds from
-`HELD_OUT_SEED`). Tasks are SHAPE:SCALE@BACKBONE (see `TASKS`): the question, the factor on the backbone's visual
+`HELD_OUT_SEED`). Tasks are SHAPE[/DISTRACTORS]:SCALE@BACKBONE (see `TASKS`): the question (a pair question's
+images with only DISTRACTORS of the three other shapes: `tasks.make_pair_sample`), the factor on the backbone's visual
 features (`sweep_scorer.scaled_backbone`) and the backbone (`demo`: the embedded checkpoint's, `pair`: the one
-`backbone` builds).
+`backbone` builds). `report` renders the table of several JSON files of `table` as one.
 """
 
 from __future__ import annotations
@@ -64,9 +65,20 @@ SCORERS = {
     "paper": {},
     "heads=4 max": {"scorer_heads": 4},
     "heads=4 logsumexp": {"scorer_heads": 4, "scorer_head_reduction": "logsumexp"},
+    "heads=2 max": {"scorer_heads": 2},
+    "heads=8 max": {"scorer_heads": 8},
 }
-# Tasks of the table: SHAPE:SCALE@BACKBONE.
-TASKS = ("square:1@demo", "square+cross:1@pair", "triangle+diamond:30@pair", "square:1@pair")
+DEFAULT_SCORERS = ("paper", "heads=4 max", "heads=4 logsumexp")
+# Tasks of the table: SHAPE[/DISTRACTORS]:SCALE@BACKBONE: the question (a pair question's image with only
+# DISTRACTORS of its three other shapes), the factor on the backbone's visual features, the backbone.
+TASKS = (
+    "square:1@demo",
+    "square+cross:1@pair",
+    "square+cross/1:1@pair",
+    "circle+cross/2:1@pair",
+    "triangle+diamond:30@pair",
+    "square:1@pair",
+)
 RATIOS = (0.5, 0.2, 0.1)
 
 
@@ -110,12 +122,21 @@ def train_backbone(steps: int, batch_size: int, lr: float, out: Path, log_every:
     print(f"stage 1 done in {time.time() - started:.0f} s: {out}", flush=True)
 
 
+def parse_task(spec: str) -> tuple[str, dict, float, str]:
+    """`"square+cross/1:30@pair"` -> ("square+cross", {"distractors": 1}, 30.0, "pair")."""
+    rest, _, which = spec.partition("@")
+    question, _, scale = rest.partition(":")
+    shape, _, distractors = question.partition("/")
+    options = {"distractors": int(distractors)} if distractors else {}
+    make_sample(0, shape=shape, **options)  # a ValueError naming a bad shape or distractor count
+    return shape, options, float(scale or 1.0), which
+
+
 def load_task(spec: str, eval_samples: int):
-    """(question shape, backbone, processor, held-out batches) of a SHAPE:SCALE@BACKBONE task."""
+    """(question shape, sample options, backbone, processor, held-out batches) of a task (see `TASKS`)."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    rest, _, which = spec.partition("@")
-    shape, _, scale = rest.partition(":")
+    shape, options, scale, which = parse_task(spec)
     if which == "demo":
         backbone = load_backbone(DEFAULT_MODEL)
         processor = AutoProcessor.from_pretrained(DEFAULT_MODEL, trust_remote_code=False)
@@ -124,12 +145,14 @@ def load_task(spec: str, eval_samples: int):
         processor = pair_processor()
     else:
         raise SystemExit(f"Unknown backbone {which!r} in {spec!r}; accepted: demo, pair.")
-    backbone = scaled_backbone(backbone, float(scale or 1.0))
-    samples = make_samples(eval_samples, seed=HELD_OUT_SEED, shape=shape)
-    return shape, backbone, processor, batches_of(processor, samples)
+    backbone = scaled_backbone(backbone, scale)
+    samples = make_samples(eval_samples, seed=HELD_OUT_SEED, shape=shape, **options)
+    return shape, options, backbone, processor, batches_of(processor, samples)
 
 
-def train_scorer(backbone, processor, shape: str, overrides: dict, seed: int, steps: int, batch_size: int):
+def train_scorer(
+    backbone, processor, shape: str, options: dict, overrides: dict, seed: int, steps: int, batch_size: int, train_ratio=None
+):
     """A fresh scorer (config `overrides`) trained at the trainer's defaults on the question about `shape`."""
     from visionselector_training import VisionSelectorSFTTrainer
     from visionselector_training.smoke import task_training_args
@@ -137,9 +160,10 @@ def train_scorer(backbone, processor, shape: str, overrides: dict, seed: int, st
     torch.manual_seed(seed)
     model = VisionSelectorForConditionalGeneration.from_backbone(backbone, base_model_name_or_path=None, **overrides)
     with tempfile.TemporaryDirectory() as output_dir:
-        args = task_training_args(output_dir, steps=steps, batch_size=batch_size, seed=seed, disable_tqdm=True)
+        ratio = {} if train_ratio is None else {"train_retention_ratio": train_ratio}  # the trainer config's field
+        args = task_training_args(output_dir, steps=steps, batch_size=batch_size, seed=seed, disable_tqdm=True, **ratio)
         trainer = VisionSelectorSFTTrainer(
-            model, args=args, train_dataset=task_dataset(steps * batch_size, seed=SCORER_TRAIN_SEED, shape=shape), processing_class=processor
+            model, args=args, train_dataset=task_dataset(steps * batch_size, seed=SCORER_TRAIN_SEED, shape=shape, **options), processing_class=processor
         )
         trainer.remove_callback(PrinterCallback)
         started = time.perf_counter()
@@ -148,12 +172,12 @@ def train_scorer(backbone, processor, shape: str, overrides: dict, seed: int, st
     return trainer.model.eval(), seconds
 
 
-def run_table(tasks, seeds, steps: int, batch_size: int, eval_samples: int, scorers, out: Path) -> None:
-    results = {"steps": steps, "batch_size": batch_size, "eval_samples": eval_samples, "first_seed": HELD_OUT_SEED,
+def run_table(tasks, seeds, steps: int, batch_size: int, eval_samples: int, scorers, out: Path, train_ratio=None) -> None:
+    results = {"steps": steps, "batch_size": batch_size, "eval_samples": eval_samples, "first_seed": HELD_OUT_SEED, "train_ratio": train_ratio,
                "seeds": seeds, "threads": torch.get_num_threads(), "tasks": {}}  # fmt: skip
     started = time.perf_counter()
     for spec in tasks:
-        shape, backbone, processor, batches = load_task(spec, eval_samples)
+        shape, options, backbone, processor, batches = load_task(spec, eval_samples)
         full = VisionSelectorForConditionalGeneration.from_backbone(backbone, base_model_name_or_path=None).eval()
         task = {"all_tokens": answer_accuracy(full, batches, retention_ratio=1.0), "training_free": {}, "learned": {}}
         for selector in SELECTORS:
@@ -168,7 +192,7 @@ def run_table(tasks, seeds, steps: int, batch_size: int, eval_samples: int, scor
         for name in scorers:
             task["learned"][name] = []
             for seed in seeds:
-                model, seconds = train_scorer(backbone, processor, shape, SCORERS[name], seed, steps, batch_size)
+                model, seconds = train_scorer(backbone, processor, shape, options, SCORERS[name], seed, steps, batch_size, train_ratio)
                 run = {"seed": seed, "train_s": seconds}
                 for selector in ("learned", "learned+diversity"):
                     run[selector] = {str(r): answer_accuracy(model, batches, retention_ratio=r, selector=selector) for r in RATIOS}
@@ -190,7 +214,8 @@ def render(results: dict) -> str:
         f"Accuracy in % (whole answers) on {results['eval_samples']} held-out samples per task (seeds from "
         f"{results['first_seed']}); learned rows: the mean over training seeds {', '.join(map(str, seeds))} (min in "
         f"brackets), each a fresh scorer trained {results['steps']} steps of batch {results['batch_size']} at "
-        f"`VisionSelectorSFTConfig`'s defaults; random: the mean of 3 draws. {results['threads']} CPU thread(s), "
+        f"`VisionSelectorSFTConfig`'s defaults, at train retention {results.get('train_ratio') or 0.2}; random: the mean "
+        f"of 3 draws. {results['threads']} CPU thread(s), "
         f"{results['elapsed_s'] / 60:.0f} min in all.",
         "",
     ]
@@ -225,13 +250,17 @@ def main(argv=None):
     backbone.add_argument("--out", type=Path, default=WORK_DIR / "backbone")
     table = sub.add_parser("table", help="the quality table")
     table.add_argument("--tasks", default=",".join(TASKS))
-    table.add_argument("--scorers", default=",".join(SCORERS), help=f"comma separated, of {list(SCORERS)}")
+    table.add_argument("--scorers", default=",".join(DEFAULT_SCORERS), help=f"comma separated, of {list(SCORERS)} (default: %(default)s)")
+    table.add_argument("--train-ratio", type=float, default=None, help="`train_retention_ratio` of every scorer (default: VisionSelectorSFTConfig's, 0.2)")
     table.add_argument("--seeds", default="0,1", help="scorer training seeds")
     table.add_argument("--steps", type=int, default=150)
     table.add_argument("--batch-size", type=int, default=8)
     table.add_argument("--eval-samples", type=int, default=200)
     table.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scorer_kinds.json")
-    for command in (backbone, table):
+    report = sub.add_parser("report", help="one markdown table of several `table` JSON files")
+    report.add_argument("inputs", nargs="+", type=Path)
+    report.add_argument("--out", type=Path, required=True, help="the markdown file to write")
+    for command in (backbone, table, report):
         command.add_argument("--threads", type=int, default=1)
         command.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -240,13 +269,26 @@ def main(argv=None):
     transformers_logging.set_verbosity_error()
     if args.command == "backbone":
         train_backbone(args.steps, args.batch_size, args.lr, args.out)
+    elif args.command == "report":
+        parts = [json.loads(path.read_text()) for path in args.inputs]
+        settings = ("steps", "batch_size", "eval_samples", "first_seed", "seeds", "train_ratio")
+        if any(tuple(part.get(key) for key in settings) != tuple(parts[0].get(key) for key in settings) for part in parts):
+            raise SystemExit(f"The runs of {args.inputs} differ in {settings}.")
+        merged = {**parts[0], "tasks": {}, "elapsed_s": sum(part["elapsed_s"] for part in parts)}
+        for part in parts:
+            merged["tasks"].update(part["tasks"])
+        order = {spec: i for i, spec in enumerate(TASKS)}
+        merged["tasks"] = dict(sorted(merged["tasks"].items(), key=lambda item: order.get(item[0], len(order))))
+        text = render(merged)
+        print(text)
+        args.out.write_text(text + "\n")
     else:
         scorers = args.scorers.split(",")
         unknown = sorted(set(scorers) - set(SCORERS))
         if unknown:
             raise SystemExit(f"Unknown scorers {unknown}; accepted: {list(SCORERS)}.")
         seeds = [int(seed) for seed in args.seeds.split(",")]
-        run_table(args.tasks.split(","), seeds, args.steps, args.batch_size, args.eval_samples, scorers, args.out)
+        run_table(args.tasks.split(","), seeds, args.steps, args.batch_size, args.eval_samples, scorers, args.out, args.train_ratio)
 
 
 if __name__ == "__main__":

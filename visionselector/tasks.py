@@ -145,7 +145,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, left: int, top: int, side
         raise ValueError(f"Unknown shape {shape!r}; accepted: {SHAPES + OTHER_SHAPES}.")
 
 
-def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE) -> Sample:
+def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE, **pair_options) -> Sample:
     """The sample of `seed`: a question about the `shape`s of an image of coloured shapes.
 
     On grey noise, `COUNTS[name]` shapes of each of `SHAPES` (the colours of one shape distinct, colours repeating
@@ -156,7 +156,9 @@ def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE) -> Sam
     if size % CELL or size < 5 * CELL:
         raise ValueError(f"`size` must be a multiple of {CELL} px of at least {5 * CELL}, got {size}.")
     if _pair(shape) is not None:
-        return make_pair_sample(seed, shape, size)
+        return make_pair_sample(seed, shape, size, **pair_options)
+    if pair_options:
+        raise ValueError(f"{sorted(pair_options)} apply to pair questions only, not to {shape!r}.")
     rng = np.random.default_rng(seed)
     background = rng.integers(100, 140, size=(size, size, 1), dtype=np.uint8).repeat(3, axis=2)
     image = Image.fromarray(background)
@@ -180,18 +182,22 @@ def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE) -> Sam
     return Sample(image=image, question=question(shape), answer=" ".join(colours), boxes=tuple(boxes[c] for c in colours))
 
 
-def make_pair_sample(seed: int, shape: str = "square+cross", size: int = IMAGE_SIZE) -> Sample:
+def make_pair_sample(seed: int, shape: str = "square+cross", size: int = IMAGE_SIZE, distractors: int = 3) -> Sample:
     """The pair sample of `seed`: "what colours are the A and the B" about an image of the pair family.
 
     On grey noise (as `make_sample`), one object of each of `PAIR_SHAPES` in five distinct colours, each in its own
     `CELL` x `CELL` px cell at a random offset. The answer is A's colour, then B's. The image depends on `seed`
-    only, not on the pair asked; a pair image of `seed` is not the single-shape image of `seed`.
+    only, not on the pair asked; a pair image of `seed` is not the single-shape image of `seed`. With `distractors`
+    below 3, only that many of the three other shapes are drawn (chosen at random after everything else, so the
+    objects drawn are where the full image has them).
     """
     if size % CELL or size < 5 * CELL:
         raise ValueError(f"`size` must be a multiple of {CELL} px of at least {5 * CELL}, got {size}.")
     first, second = _pair(shape) or (None, None)
     if first is None:
         raise ValueError(f"`shape` must be a pair of {PAIRS}, got {shape!r}.")
+    if isinstance(distractors, bool) or distractors not in range(len(PAIR_SHAPES) - 1):
+        raise ValueError(f"`distractors` must be an integer in [0, {len(PAIR_SHAPES) - 2}], got {distractors!r}.")
     # a stream of its own, so that the pair family shares no draws with the single-shape images of the same seed
     rng = np.random.default_rng([seed, 2])
     background = rng.integers(100, 140, size=(size, size, 1), dtype=np.uint8).repeat(3, axis=2)
@@ -201,18 +207,24 @@ def make_pair_sample(seed: int, shape: str = "square+cross", size: int = IMAGE_S
     colours = [names[int(i)] for i in rng.choice(len(names), size=len(PAIR_SHAPES), replace=False)]
     grid = size // CELL
     cells = rng.choice(grid * grid, size=len(PAIR_SHAPES), replace=False)
-    boxes = {}
+    objects = {}
     for name, colour, cell in zip(PAIR_SHAPES, colours, cells):
         side = int(rng.integers(SIDES[name][0], SIDES[name][1] + 1))
         offset_x, offset_y = (int(v) for v in rng.integers(0, CELL - side + 1, size=2))
         left, top = int(cell) % grid * CELL + offset_x, int(cell) // grid * CELL + offset_y
+        objects[name] = (colour, left, top, side)
+    others = [name for name in PAIR_SHAPES if name not in (first, second)]
+    if distractors < len(others):
+        dropped = {others[int(i)] for i in rng.choice(len(others), size=len(others) - distractors, replace=False)}
+        objects = {name: value for name, value in objects.items() if name not in dropped}
+    for name, (colour, left, top, side) in objects.items():
         _draw_shape(draw, name, left, top, side, COLOURS[colour])
-        boxes[name] = (colour, (left, top, left + side, top + side))
+    boxes = {name: (left, top, left + side, top + side) for name, (_, left, top, side) in objects.items()}
     return Sample(
         image=image,
         question=question(shape),
-        answer=f"{boxes[first][0]} {boxes[second][0]}",
-        boxes=(boxes[first][1], boxes[second][1]),
+        answer=f"{objects[first][0]} {objects[second][0]}",
+        boxes=(boxes[first], boxes[second]),
     )
 
 
