@@ -481,7 +481,7 @@ def test_the_plugin_builds_the_scorer_the_config_names(engine, tmp_path):
     """A merged checkpoint of the 4-head scorer (`scorer_heads=4`) serves with that scorer: same tensors, the
     transformers model's scores."""
     base_dir, artifact_dir = tmp_path / "base", tmp_path / "artifact"
-    tiny_qwen2_5_vl(seed=0, text_hidden_size=32).save_pretrained(base_dir)
+    tiny_qwen2_5_vl(seed=0, text_hidden_size=32).save_pretrained(base_dir, max_shard_size="200KB")
     torch.manual_seed(6)
     with_scorer = VisionSelectorForConditionalGeneration.from_backbone(str(base_dir), scorer_heads=4).eval()
     with torch.no_grad():
