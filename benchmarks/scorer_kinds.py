@@ -237,7 +237,21 @@ def render(results: dict) -> str:
                 cells.append(f"**{cell}**" if mean == best[i] else cell)
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += [_target_line(task), ""]
     return "\n".join(lines).rstrip()
+
+
+def _target_line(task: dict, new: str = "heads=4 max", ratio: str = "0.1") -> str:
+    """Issue 26's comparison at r = 0.1: the new scorer against the paper's and the best training-free selector."""
+    mean = {name: statistics.mean(run["learned"][ratio] for run in runs) for name, runs in task["learned"].items()}
+    best = max(task["training_free"], key=lambda name: task["training_free"][name][ratio])
+    if new not in mean or "paper" not in mean:
+        return f"r = {ratio}: best training-free {best} {100 * task['training_free'][best][ratio]:.1f}."
+    return (
+        f"r = {ratio}: {new} {100 * mean[new]:.1f}, paper {100 * mean['paper']:.1f} ({100 * (mean[new] - mean['paper']):+.1f}), "
+        f"best training-free ({best}) {100 * task['training_free'][best][ratio]:.1f} "
+        f"({100 * (mean[new] - task['training_free'][best][ratio]):+.1f})."
+    )
 
 
 def main(argv=None):
