@@ -103,6 +103,15 @@ def test_config_defaults_to_the_papers_scorer_and_builds_what_it_says():
     assert (scorer.num_heads, scorer.head_reduction, scorer.hidden_size) == (4, "logsumexp", 24)
 
 
+def test_a_checkpoint_without_the_head_fields_loads_the_papers_scorer():
+    """Every checkpoint written before `scorer_heads` existed (the embedded one's config.json has no such key)."""
+    from visionselector.cli import EMBEDDED_CHECKPOINT
+
+    assert "scorer_heads" not in json.loads((EMBEDDED_CHECKPOINT / "config.json").read_text())
+    model = VisionSelectorForConditionalGeneration.from_pretrained(EMBEDDED_CHECKPOINT)
+    assert (model.config.scorer_heads, model.scorer.num_heads) == (1, 1)
+
+
 @pytest.mark.parametrize(
     "field,value,accepted",
     [
