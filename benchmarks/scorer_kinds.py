@@ -65,7 +65,6 @@ SCORERS = {
     "paper": {},
     "heads=4 max": {"scorer_heads": 4},
     "heads=4 logsumexp": {"scorer_heads": 4, "scorer_head_reduction": "logsumexp"},
-    "heads=4 standardized max": {"scorer_heads": 4, "scorer_head_reduction": "standardized_max"},
     "heads=2 max": {"scorer_heads": 2},
     "heads=8 max": {"scorer_heads": 8},
 }

@@ -56,8 +56,7 @@ class VisionSelectorFields:
             high. Same tensors, same parameter count, same O(N h) cost; 1 (the default) is the paper's scorer exactly,
             so every paper checkpoint loads unchanged. A checkpoint's config says which scorer its weights belong to.
         scorer_head_reduction (`str`, *optional*, defaults to `"max"`):
-            How a scorer with `scorer_heads` > 1 combines its heads' scores: `"max"`, `"logsumexp"`, or
-            `"standardized_max"` (the max after standardising each head's scores over the item). Unused at 1.
+            How a scorer with `scorer_heads` > 1 combines its heads' scores: `"max"` or `"logsumexp"`. Unused at 1.
         retention_ratio (`float`, *optional*, defaults to 0.3):
             Share of each image's and video's merged visual tokens kept at inference, in (0, 1]; an item of n
             tokens keeps `max(1, floor(retention_ratio * n))`. `forward` and `generate` accept a per-call override.

@@ -53,7 +53,7 @@ def segment_ids(lengths: list[int], device=None) -> torch.LongTensor:
 
 
 # How a multi-head scorer combines its heads' scores into one per token (`scorer_head_reduction`).
-HEAD_REDUCTIONS = ("max", "logsumexp", "standardized_max")
+HEAD_REDUCTIONS = ("max", "logsumexp")
 
 
 def validate_scorer_heads(num_heads, hidden_size) -> int:
@@ -92,8 +92,7 @@ class VisionSelectorScorer(nn.Module):
         input_size (`int`): width D of the merged visual tokens (the LLM hidden size).
         hidden_size (`int`): width h of the query and key projections.
         num_heads (`int`, *optional*, defaults to 1): H, a divisor of h.
-        head_reduction (`str`, *optional*, defaults to `"max"`): `"max"` or `"logsumexp"` over the heads, or
-            `"standardized_max"`: the max over the heads' scores standardised per item (mean 0, std 1).
+        head_reduction (`str`, *optional*, defaults to `"max"`): `"max"` or `"logsumexp"` over the heads.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_heads: int = 1, head_reduction: str = "max"):
@@ -143,15 +142,7 @@ class VisionSelectorScorer(nn.Module):
         per_head = per_head / math.sqrt(head_size)
         if self.head_reduction == "max":
             return per_head.amax(-1)  # (N,)
-        if self.head_reduction == "logsumexp":
-            return per_head.logsumexp(-1)  # (N,)
-        # standardized_max: each head's scores shifted and scaled to mean 0, std 1 over the item first, so that no
-        # head outweighs the others by the scale of its scores alone
-        means = torch.zeros(len(lengths), self.num_heads, device=features.device, dtype=accumulate)
-        means = means.index_add(0, item, per_head) / counts  # (items, H)
-        centred = per_head - means[item]  # (N, H)
-        variances = torch.zeros_like(means).index_add(0, item, centred.square()) / counts  # (items, H)
-        return (centred / variances.clamp_min(1e-30).sqrt()[item]).amax(-1)  # (N,)
+        return per_head.logsumexp(-1)  # (N,)
 
 
 def build_scorer(config) -> VisionSelectorScorer:
