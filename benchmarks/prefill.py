@@ -60,7 +60,9 @@ long sequences; achieved/ideal compares like with like.
 
 The scorer part times `VisionSelectorScorer` (mean-key form, O(N h)) against the naive N x N formula
 (`(q @ k.T).mean(1)`, O(N^2 h)) at N = 1k ... 16k tokens of the benchmark LLM width (`--scorer-width` to change),
-checking both agree, and skips the naive one where its N x N matrix would exceed `--naive-max-gib`.
+checking both agree, and skips the naive one where its N x N matrix would exceed `--naive-max-gib`; for the paper's
+scorer and the 4-head one (`scorer_heads=4`, max over heads: the same tensors and parameter count), each row with
+its parameter count.
 
 Writes the tables as markdown (printed, and next to the JSON) and everything as JSON (`--out`; by default
 `benchmarks/results/prefill_<device>.json` for qwen2_5_vl and `prefill_<family>_<device>.json` for the others).
@@ -617,30 +619,42 @@ def _pruned_llm_inputs(model, inputs, selection) -> dict:
     return llm_inputs
 
 
+# The scorers the scorer table times: name -> (scorer_heads, scorer_head_reduction).
+SCORER_KINDS = {"paper": (1, "max"), "heads=4 max": (4, "max")}
+
+
 @torch.no_grad()
-def bench_scorer(sizes, width: int, repeats: int, device, dtype, naive_max_gib: float) -> list[dict]:
-    torch.manual_seed(0)
-    scorer = VisionSelectorScorer(width, width // 2).to(device, dtype)
+def bench_scorer(sizes, width: int, repeats: int, device, dtype, naive_max_gib: float, kinds=tuple(SCORER_KINDS)) -> list[dict]:
     rows = []
-    for n in sizes:
-        features = torch.randn(n, width, device=device, dtype=dtype)
+    for kind in kinds:
+        heads, reduction = SCORER_KINDS[kind]
+        torch.manual_seed(0)
+        scorer = VisionSelectorScorer(width, width // 2, num_heads=heads, head_reduction=reduction).to(device, dtype)
+        head_size = scorer.hidden_size // heads
+        parameters = sum(parameter.numel() for parameter in scorer.parameters())
+        for n in sizes:
+            features = torch.randn(n, width, device=device, dtype=dtype)
 
-        def naive():
-            q, k = scorer.q_proj(features).float(), scorer.k_proj(features).float()
-            return (q @ k.T).mean(1) / math.sqrt(scorer.hidden_size)  # (N, N) then its row means
+            def naive():
+                q, k = scorer.q_proj(features).float(), scorer.k_proj(features).float()
+                per_head = [
+                    (q[:, a * head_size : (a + 1) * head_size] @ k[:, a * head_size : (a + 1) * head_size].T).mean(1)
+                    for a in range(heads)
+                ]  # each an (N, N) matrix, then its row means
+                return torch.stack(per_head, -1).amax(-1) / math.sqrt(head_size)
 
-        fns = {
-            "scorer_s": lambda: scorer(features, [n]),
-            "scorer_topk_s": lambda: select_tokens(scorer(features, [n]), [n], [num_kept_tokens(n, 0.2)]),
-        }
-        row = {"tokens": n, "width": width, "naive_s": None}
-        if n * n * 4 / 2**30 <= naive_max_gib:
-            fns["naive_s"] = naive
-            row["max_abs_difference"] = float((naive() - fns["scorer_s"]()).abs().max())
-        for fn in fns.values():
-            fn()  # warm-up
-        row.update(measure(fns, repeats, device))
-        rows.append(row)
+            fns = {
+                "scorer_s": lambda: scorer(features, [n]),
+                "scorer_topk_s": lambda: select_tokens(scorer(features, [n]), [n], [num_kept_tokens(n, 0.2)]),
+            }
+            row = {"scorer": kind, "parameters": parameters, "tokens": n, "width": width, "naive_s": None}
+            if n * n * 4 / 2**30 <= naive_max_gib and reduction == "max":
+                fns["naive_s"] = naive
+                row["max_abs_difference"] = float((naive() - fns["scorer_s"]()).abs().max())
+            for fn in fns.values():
+                fn()  # warm-up
+            row.update(measure(fns, repeats, device))
+            rows.append(row)
     return rows
 
 
@@ -692,19 +706,27 @@ def shares_table(rows, family: Family) -> str:
 
 
 def scorer_table(rows) -> str:
-    lines = ["| N tokens | scorer ms | scorer + top-k (r=0.2) ms | naive N x N ms | naive / scorer |", "|---|---|---|---|---|"]
+    lines = [
+        "| scorer | parameters | N tokens | scorer ms | scorer + top-k (r=0.2) ms | naive N x N ms | naive / scorer |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         naive = "skipped (memory cap)" if r["naive_s"] is None else f"{r['naive_s'] * 1e3:.2f}"
         ratio = "" if r["naive_s"] is None else f"{r['naive_s'] / r['scorer_s']:.0f}x"
-        lines.append(f"| {r['tokens']} | {r['scorer_s'] * 1e3:.2f} | {r['scorer_topk_s'] * 1e3:.2f} | {naive} | {ratio} |")
-    grow_fast, grow_naive = _growth_exponent(rows, "scorer_s"), _growth_exponent(rows, "naive_s")
-    if grow_fast is not None:
-        lines.append("")
         lines.append(
-            f"Time ~ N^a over these N: scorer a = {grow_fast:.2f}"
-            + ("" if grow_naive is None else f", naive a = {grow_naive:.2f}")
-            + " (1 = linear, 2 = quadratic)."
+            f"| {r.get('scorer', 'paper')} | {r.get('parameters', 0):,} | {r['tokens']} | {r['scorer_s'] * 1e3:.2f} | "
+            f"{r['scorer_topk_s'] * 1e3:.2f} | {naive} | {ratio} |"
         )
+    for kind in dict.fromkeys(r.get("scorer", "paper") for r in rows):
+        of_kind = [r for r in rows if r.get("scorer", "paper") == kind]
+        grow_fast, grow_naive = _growth_exponent(of_kind, "scorer_s"), _growth_exponent(of_kind, "naive_s")
+        if grow_fast is not None:
+            lines.append("")
+            lines.append(
+                f"Time ~ N^a over these N, {kind}: scorer a = {grow_fast:.2f}"
+                + ("" if grow_naive is None else f", naive a = {grow_naive:.2f}")
+                + " (1 = linear, 2 = quadratic)."
+            )
     return "\n".join(lines)
 
 

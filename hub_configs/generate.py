@@ -10,13 +10,14 @@ change the table and run
     python hub_configs/generate.py            # (re)write every config
     python hub_configs/generate.py --check    # exit 1 if a written config differs from the table
     python hub_configs/generate.py --list     # the table: sizes, scorer parameters, provenance
+    python hub_configs/generate.py --scorer-heads 4 --output-dir DIR   # the same configs with the 4-head scorer
 
-Each config is of its family's VisionSelector configuration class (`VisionSelectorQwen2VLConfig`,
-`VisionSelectorConfig`, `VisionSelectorQwen3VLConfig`, `VisionSelectorQwen3VLMoeConfig`, `VisionSelectorQwen3_5Config`,
-`VisionSelectorQwen3_5MoeConfig`), names its official
-backbone in `base_model_name_or_path` and has the paper's scorer width (`scorer_hidden_size` = LLM hidden size // 2,
-the default). It is a training/publishing config, not a scorer-only artifact (`scorer_only` is False; `save_scorer`
-sets it).
+Each config is of its family's VisionSelector configuration class (`VisionSelector` + the stock configuration's name,
+as `VisionSelectorQwen2_5_VLConfig`; `modeling_visionselector/families.py`), names its official backbone in
+`base_model_name_or_path` and has the paper's scorer: its width (`scorer_hidden_size` = LLM hidden size // 2, the
+default) and one head (`scorer_heads` 1; `--scorer-heads` writes configs of the multi-head scorer, which has the same
+tensors and parameter count). It is a training/publishing config, not a scorer-only artifact (`scorer_only` is False;
+`save_scorer` sets it).
 
 Provenance. There is no network here, so the official files could not be read. Each row's `checked` lists the
 numbers that were compared with a public source that restates the official config (named in `SOURCES`); every
@@ -383,10 +384,10 @@ def scorer_parameters(hidden_size: int, scorer_hidden_size: int | None = None) -
     return 2 * (hidden_size * h + h)
 
 
-def rendered(name: str) -> dict:
-    """The `config.json` content `main` writes for `name`."""
+def rendered(name: str, **overrides) -> dict:
+    """The `config.json` content `main` writes for `name` (with the scorer fields `overrides`)."""
     with tempfile.TemporaryDirectory() as folder:
-        visionselector_config(name).save_pretrained(folder)
+        visionselector_config(name, **overrides).save_pretrained(folder)
         return json.loads((Path(folder) / "config.json").read_text())
 
 
@@ -413,14 +414,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare the written configs with the table")
     parser.add_argument("--list", action="store_true", help="print the table (sizes, scorer parameters, provenance)")
     parser.add_argument("--output-dir", type=Path, default=HERE, help="where the <name>/config.json folders go")
+    parser.add_argument("--scorer-heads", type=int, default=1, help="`scorer_heads` of every config (default: 1, the paper's scorer)")
+    parser.add_argument("--scorer-head-reduction", default="max", help="`scorer_head_reduction`: max or logsumexp (default: %(default)s)")
     args = parser.parse_args(argv)
+    scorer = {"scorer_heads": args.scorer_heads, "scorer_head_reduction": args.scorer_head_reduction}
+    try:
+        visionselector_config(next(iter(BACKBONES)), **scorer)  # a bad value fails here, naming it, before any write
+    except ValueError as error:
+        parser.error(str(error))
     if args.list:
         print(table())
         return 0
     stale = []
     for name in BACKBONES:
         path = args.output_dir / name / "config.json"
-        content = rendered(name)
+        content = rendered(name, **scorer)
         if args.check:
             if not path.exists() or _comparable(json.loads(path.read_text())) != _comparable(content):
                 stale.append(str(path))

@@ -392,3 +392,28 @@ class TestLoadingPaths:
 
         with pytest.raises(ValueError, match=message):
             VisionSelector(pretrained=str(EMBEDDED_CHECKPOINT), device="cpu", **arguments)
+
+    @pytest.mark.parametrize("kind", ["full", "scorer-only"])
+    def test_plugin_serves_a_multi_head_scorer_checkpoint(self, kind, tmp_path_factory, tmp_path):
+        """A checkpoint of the 4-head scorer (`scorer_heads=4`) loads as one: its config says which scorer it holds."""
+        from modeling_visionselector import from_backbone
+        from visionselector.publishing import save_scorer
+
+        from visionselector.lmms_eval_model import VisionSelector
+
+        folders, _, processor = family_folders("qwen2_5_vl", tmp_path_factory.getbasetemp() / "families")
+        torch.manual_seed(6)
+        trained = from_backbone(str(folders["stock"]), scorer_heads=4).eval()
+        with torch.no_grad():
+            for parameter in trained.scorer.parameters():
+                parameter.normal_()
+        if kind == "full":
+            trained.save_pretrained(tmp_path)
+            processor.save_pretrained(tmp_path)
+        else:
+            save_scorer(trained, tmp_path, processor=processor, base_model_name_or_path=str(folders["stock"]))
+        lmm = VisionSelector(pretrained=str(tmp_path), retention_ratio=0.5, device="cpu", batch_size=2)
+        assert lmm.model.config.scorer_heads == 4 and lmm.model.scorer.num_heads == 4
+        images = family_images("qwen2_5_vl")
+        answers = [result.text for result in lmm.generate_until(fake_requests(lmm, images))]
+        assert answers == reference_answers(trained, processor, images, 0.5, "learned")

@@ -214,3 +214,60 @@ def test_answer_accuracy_by_generation_needs_every_answer_token(task_processor):
     ]
     assert answer_accuracy(_Writer(continuations), [(prompts, answer_ids)]) == 0.5
     assert answer_accuracy(_Writer(answers), [(prompts, answer_ids)]) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------- pair questions
+
+
+def test_pair_question_asks_two_kinds_and_answers_their_colours_in_the_order_asked():
+    from visionselector.tasks import PAIR_SHAPES, PAIRS
+
+    assert len(PAIRS) == 10 and all(first != second for first, second in (pair.split("+") for pair in PAIRS))
+    for seed in range(20):
+        sample = make_sample(seed, shape="square+cross")
+        assert sample.question == "what colours are the square and the cross"
+        cells = _coloured_cells(sample.image)
+        assert len(cells) == len(PAIR_SHAPES)  # one object of each of the five shapes, one token each
+        assert len({colour for colours in cells.values() for colour in colours}) == len(PAIR_SHAPES)  # distinct colours
+        assert len(sample.target_tokens) == 2
+        assert [next(iter(cells[token])) for token in (tokens_covered(box)[0] for box in sample.boxes)] == sample.answer.split()
+    swapped = make_sample(3, shape="circle+cross"), make_sample(3, shape="square+cross")
+    assert np.array_equal(np.asarray(swapped[0].image), np.asarray(swapped[1].image))  # the image is the seed's
+
+
+def test_pair_images_with_fewer_distractors_keep_the_objects_where_they_were():
+    full = make_sample(11, shape="square+cross")
+    assert np.array_equal(np.asarray(make_sample(11, shape="square+cross", distractors=3).image), np.asarray(full.image))
+    for distractors in (0, 1, 2):
+        sparse = make_sample(11, shape="square+cross", distractors=distractors)
+        cells = _coloured_cells(sparse.image)
+        assert len(cells) == 2 + distractors
+        assert all(cells[cell] == colours for cell, colours in cells.items() if cell in _coloured_cells(full.image))
+        assert (sparse.answer, sparse.boxes) == (full.answer, full.boxes)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(shape="square+square"), "pair"),
+        (dict(shape="cross+square"), "pair"),  # pairs are named in PAIR_SHAPES order
+        (dict(shape="square+cross", distractors=4), r"distractors.*\[0, 3\]"),
+        (dict(shape="square+cross", distractors=-1), "distractors"),
+        (dict(shape="square", distractors=1), "pair questions only"),
+    ],
+)
+def test_bad_pair_arguments_are_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_sample(0, **kwargs)
+
+
+def test_pair_words_complete_the_tokenizer():
+    from visionselector.tasks import PAIR_WORDS, PAIRS
+    from visionselector.tiny import DEFAULT_WORDS
+
+    processor = tiny_processor(min_pixels=IMAGE_SIZE * IMAGE_SIZE, max_pixels=IMAGE_SIZE * IMAGE_SIZE, words=[*DEFAULT_WORDS, *PAIR_WORDS])
+    tokenizer = processor.tokenizer
+    for pair in PAIRS:
+        assert tokenizer.unk_token_id not in tokenizer(question(pair)).input_ids
+    plain = tiny_processor(min_pixels=IMAGE_SIZE * IMAGE_SIZE, max_pixels=IMAGE_SIZE * IMAGE_SIZE).tokenizer
+    assert all(tokenizer.convert_tokens_to_ids(word) == plain.convert_tokens_to_ids(word) for word in DEFAULT_WORDS)

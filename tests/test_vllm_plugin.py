@@ -477,6 +477,26 @@ def test_merged_scorer_artifact_is_servable(engine, tmp_path):
         check_supported(VllmConfig(model_config=scorer_only))
 
 
+def test_the_plugin_builds_the_scorer_the_config_names(engine, tmp_path):
+    """A merged checkpoint of the 4-head scorer (`scorer_heads=4`) serves with that scorer: same tensors, the
+    transformers model's scores."""
+    base_dir, artifact_dir = tmp_path / "base", tmp_path / "artifact"
+    tiny_qwen2_5_vl(seed=0, text_hidden_size=32).save_pretrained(base_dir, max_shard_size="200KB")
+    torch.manual_seed(6)
+    with_scorer = VisionSelectorForConditionalGeneration.from_backbone(str(base_dir), scorer_heads=4).eval()
+    with torch.no_grad():
+        for parameter in with_scorer.scorer.parameters():
+            parameter.normal_()
+    save_scorer(with_scorer, artifact_dir, processor=tiny_processor(), base_model_name_or_path=str(base_dir))
+    merged = merge_scorer_artifact(artifact_dir, tmp_path / "full")
+    model = build_model(ModelConfig(model=str(merged), trust_remote_code=True, dtype="float32", max_model_len=1024))
+    assert (model.scorer.num_heads, model.scorer.head_reduction) == (4, "max")
+    for name, value in with_scorer.scorer.state_dict().items():
+        assert torch.equal(model.scorer.state_dict()[name], value)
+    features = torch.randn(30, 32)
+    assert torch.equal(model.scorer(features, [12, 18]), with_scorer.scorer(features, [12, 18]))
+
+
 # ---------------------------------------------------------------------------------------------------- selection
 
 

@@ -12,7 +12,8 @@ the checkpoint's processor and chat template, and is answered by `model.generate
 selector=...)` on left-padded batches.
 
 `pretrained` is a VisionSelector checkpoint (a full one, or a scorer-only artifact whose backbone is loaded from
-its `base_model_name_or_path`), loaded with `AutoModel` and `trust_remote_code=True`; or a stock Qwen-VL
+its `base_model_name_or_path`; with the scorer its config names, the paper's or a multi-head one, `scorer_heads`),
+loaded with `AutoModel` and `trust_remote_code=True`; or a stock Qwen-VL
 checkpoint, wrapped with a fresh scorer, to evaluate the training-free selectors (`random`, `uniform`, `norm`,
 `divprune`, `dart`) with the same code.
 

@@ -291,6 +291,12 @@ def scorer_model_card(
     )
     d, h = config.text_config.hidden_size, config.scorer_hidden_size
     num_parameters = 2 * (d * h + h)
+    heads = getattr(config, "scorer_heads", 1)
+    kind = (
+        "the paper's scorer"
+        if heads == 1
+        else f"a {heads}-head scorer (`scorer_heads={heads}`, the {getattr(config, 'scorer_head_reduction', 'max')} of its heads' scores)"
+    )
     size = f", {_human_size(scorer_bytes)}" if scorer_bytes is not None else ""
     at_revision = f" at revision `{config.base_model_revision}`" if config.base_model_revision else ""
     processor_repo = repo_id if has_processor else base
@@ -303,7 +309,7 @@ def scorer_model_card(
     )
     sections = [
         f"# {repo_id.split('/')[-1]}",
-        f"A [VisionSelector]({PAPER_URL}) scorer for [{base}](https://huggingface.co/{base}): {num_parameters:,} "
+        f"A [VisionSelector]({PAPER_URL}) scorer for [{base}](https://huggingface.co/{base}), {kind}: {num_parameters:,} "
         "trained parameters that pick which merged visual tokens reach the language model, so the prefill runs on a "
         f"fraction of them. This repository holds only the scorer (`{SCORER_WEIGHTS_NAME}`{size})"
         f"{' and the code' if code_repo is None else ''}; "

@@ -17,6 +17,13 @@ The same images can be asked about the circles and the triangles too (`make_samp
 embedded checkpoint's backbone learnt all three questions, so its visual features single out no one shape, as a
 general model's would not. The demo, the benchmarks and the scorer ask about squares.
 
+Pair questions ask for targets of two different kinds: "what colours are the square and the cross" (`shape=
+"square+cross"`, any two of `PAIR_SHAPES` in that order) on an image of their own family, one object of each of the
+five shapes in five distinct colours (`make_pair_sample`); the answer is the first shape's colour, then the second's.
+A scorer must rank two unlike tokens above three distractors that differ from each other as much as from them; a
+diversity rule (`divprune`) finds both, as both are outliers on the noise. They need a backbone trained on them
+(`benchmarks/scorer_kinds.py` builds one); the embedded checkpoint knows only the three questions above.
+
 Everything is seeded: `make_samples(n, seed)` gives the same samples on every machine, so anyone can make
 held-out data (the embedded checkpoint was trained on seeds below `HELD_OUT_SEED`).
 """
@@ -53,10 +60,29 @@ OTHERS = (2, 4)
 SIDES = {"square": (14, 17), "circle": (20, 24), "triangle": (22, 26), "diamond": (22, 26), "cross": (20, 24)}
 
 
+# Pair questions: any two of these shapes, joined by "+" in this order ("square+cross"); their images hold one of each.
+PAIR_SHAPES = SHAPES + OTHER_SHAPES
+PAIRS = tuple(f"{first}+{second}" for i, first in enumerate(PAIR_SHAPES) for second in PAIR_SHAPES[i + 1 :])
+# The words pair questions add to `WORDS` (a tokenizer for them: `tiny.tiny_processor(words=...)` with `PAIR_WORDS`).
+PAIR_WORDS = ("and", "diamond", "cross")
+
+
+def _pair(shape: str) -> tuple[str, str] | None:
+    """`"square+cross"` -> ("square", "cross"); None for a single shape; a `ValueError` for anything else."""
+    if shape in SHAPES:
+        return None
+    if shape not in PAIRS:
+        raise ValueError(f"`shape` must be one of {SHAPES} or a pair of {PAIRS}, got {shape!r}.")
+    first, second = shape.split("+")
+    return first, second
+
+
 def question(shape: str = "square") -> str:
-    """The question about the shapes `shape` ("what colours are the squares")."""
-    if shape not in SHAPES:
-        raise ValueError(f"`shape` must be one of {SHAPES}, got {shape!r}.")
+    """The question about the shapes `shape` ("what colours are the squares"; a pair: "what colours are the square
+    and the cross")."""
+    pair = _pair(shape)
+    if pair is not None:
+        return f"what colours are the {pair[0]} and the {pair[1]}"
     return f"what colours are the {PLURALS[shape]}"
 
 
@@ -76,7 +102,8 @@ class Sample:
     Args:
         image (`PIL.Image.Image`): RGB, `IMAGE_SIZE` x `IMAGE_SIZE` px.
         question (`str`): the text of the question.
-        answer (`str`): the colours of the asked shapes (keys of `COLOURS`), in rainbow order, space separated.
+        answer (`str`): the colours of the asked shapes (keys of `COLOURS`), in rainbow order, space separated (a pair
+            question: the first shape's colour, then the second's).
         boxes (`tuple[tuple[int, int, int, int], ...]`): the asked shapes' (left, top, right, bottom) in px,
             right/bottom exclusive, in the order of the answer's colours.
     """
@@ -118,7 +145,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, left: int, top: int, side
         raise ValueError(f"Unknown shape {shape!r}; accepted: {SHAPES + OTHER_SHAPES}.")
 
 
-def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE) -> Sample:
+def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE, **pair_options) -> Sample:
     """The sample of `seed`: a question about the `shape`s of an image of coloured shapes.
 
     On grey noise, `COUNTS[name]` shapes of each of `SHAPES` (the colours of one shape distinct, colours repeating
@@ -128,8 +155,10 @@ def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE) -> Sam
     """
     if size % CELL or size < 5 * CELL:
         raise ValueError(f"`size` must be a multiple of {CELL} px of at least {5 * CELL}, got {size}.")
-    if shape not in SHAPES:
-        raise ValueError(f"`shape` must be one of {SHAPES}, got {shape!r}.")
+    if _pair(shape) is not None:
+        return make_pair_sample(seed, shape, size, **pair_options)
+    if pair_options:
+        raise ValueError(f"{sorted(pair_options)} apply to pair questions only, not to {shape!r}.")
     rng = np.random.default_rng(seed)
     background = rng.integers(100, 140, size=(size, size, 1), dtype=np.uint8).repeat(3, axis=2)
     image = Image.fromarray(background)
@@ -151,6 +180,52 @@ def make_sample(seed: int, shape: str = "square", size: int = IMAGE_SIZE) -> Sam
             boxes[colour] = (left, top, left + side, top + side)
     colours = [name for name in names if name in boxes]  # rainbow order
     return Sample(image=image, question=question(shape), answer=" ".join(colours), boxes=tuple(boxes[c] for c in colours))
+
+
+def make_pair_sample(seed: int, shape: str = "square+cross", size: int = IMAGE_SIZE, distractors: int = 3) -> Sample:
+    """The pair sample of `seed`: "what colours are the A and the B" about an image of the pair family.
+
+    On grey noise (as `make_sample`), one object of each of `PAIR_SHAPES` in five distinct colours, each in its own
+    `CELL` x `CELL` px cell at a random offset. The answer is A's colour, then B's. The image depends on `seed`
+    only, not on the pair asked; a pair image of `seed` is not the single-shape image of `seed`. With `distractors`
+    below 3, only that many of the three other shapes are drawn (chosen at random after everything else, so the
+    objects drawn are where the full image has them).
+    """
+    if size % CELL or size < 5 * CELL:
+        raise ValueError(f"`size` must be a multiple of {CELL} px of at least {5 * CELL}, got {size}.")
+    first, second = _pair(shape) or (None, None)
+    if first is None:
+        raise ValueError(f"`shape` must be a pair of {PAIRS}, got {shape!r}.")
+    if isinstance(distractors, bool) or distractors not in range(len(PAIR_SHAPES) - 1):
+        raise ValueError(f"`distractors` must be an integer in [0, {len(PAIR_SHAPES) - 2}], got {distractors!r}.")
+    # a stream of its own, so that the pair family shares no draws with the single-shape images of the same seed
+    rng = np.random.default_rng([seed, 2])
+    background = rng.integers(100, 140, size=(size, size, 1), dtype=np.uint8).repeat(3, axis=2)
+    image = Image.fromarray(background)
+    draw = ImageDraw.Draw(image)
+    names = list(COLOURS)
+    colours = [names[int(i)] for i in rng.choice(len(names), size=len(PAIR_SHAPES), replace=False)]
+    grid = size // CELL
+    cells = rng.choice(grid * grid, size=len(PAIR_SHAPES), replace=False)
+    objects = {}
+    for name, colour, cell in zip(PAIR_SHAPES, colours, cells):
+        side = int(rng.integers(SIDES[name][0], SIDES[name][1] + 1))
+        offset_x, offset_y = (int(v) for v in rng.integers(0, CELL - side + 1, size=2))
+        left, top = int(cell) % grid * CELL + offset_x, int(cell) // grid * CELL + offset_y
+        objects[name] = (colour, left, top, side)
+    others = [name for name in PAIR_SHAPES if name not in (first, second)]
+    if distractors < len(others):
+        dropped = {others[int(i)] for i in rng.choice(len(others), size=len(others) - distractors, replace=False)}
+        objects = {name: value for name, value in objects.items() if name not in dropped}
+    for name, (colour, left, top, side) in objects.items():
+        _draw_shape(draw, name, left, top, side, COLOURS[colour])
+    boxes = {name: (left, top, left + side, top + side) for name, (_, left, top, side) in objects.items()}
+    return Sample(
+        image=image,
+        question=question(shape),
+        answer=f"{objects[first][0]} {objects[second][0]}",
+        boxes=(boxes[first], boxes[second]),
+    )
 
 
 def make_samples(count: int, seed: int = HELD_OUT_SEED, **kwargs) -> list[Sample]:
@@ -272,6 +347,9 @@ __all__ = [
     "COUNTS",
     "OTHERS",
     "OTHER_SHAPES",
+    "PAIRS",
+    "PAIR_SHAPES",
+    "PAIR_WORDS",
     "PLURALS",
     "QUESTION",
     "SHAPES",
@@ -281,6 +359,7 @@ __all__ = [
     "Sample",
     "answer_accuracy",
     "conversational",
+    "make_pair_sample",
     "make_sample",
     "make_samples",
     "question",

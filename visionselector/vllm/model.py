@@ -44,7 +44,7 @@ from vllm.multimodal.utils import copy_mm_embedding_modality
 from vllm.utils.torch_utils import async_tensor_h2d
 
 from modeling_visionselector import SCORER_PREFIX
-from modeling_visionselector.scoring import VisionSelectorScorer
+from modeling_visionselector.scoring import build_scorer
 from modeling_visionselector.selectors import select_tokens
 
 from .positions import (
@@ -175,7 +175,7 @@ class VisionSelectorServing:
         check_supported(vllm_config, self.served_model_type)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         config = self.config
-        self.scorer = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
+        self.scorer = build_scorer(config)
         scheduler_config = vllm_config.scheduler_config
         # merged tokens the vision encoder may process at once: what vLLM profiled its memory with
         self.encoder_budget = scheduler_config.max_num_encoder_input_tokens

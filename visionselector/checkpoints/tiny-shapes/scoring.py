@@ -52,6 +52,30 @@ def segment_ids(lengths: list[int], device=None) -> torch.LongTensor:
     return torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.as_tensor(lengths, device=device))
 
 
+# How a multi-head scorer combines its heads' scores into one per token (`scorer_head_reduction`).
+HEAD_REDUCTIONS = ("max", "logsumexp")
+
+
+def validate_scorer_heads(num_heads, hidden_size) -> int:
+    """Returns `num_heads`, or raises a `ValueError` naming it and the accepted values: a positive integer that
+    divides the scorer width `hidden_size`."""
+    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
+        raise ValueError(f"`scorer_heads` must be a positive integer that divides scorer_hidden_size={hidden_size}, got {num_heads!r}.")
+    if hidden_size % num_heads:
+        divisors = [d for d in range(1, hidden_size + 1) if hidden_size % d == 0]
+        raise ValueError(
+            f"`scorer_heads` must divide scorer_hidden_size={hidden_size} (accepted: {divisors}), got {num_heads!r}."
+        )
+    return int(num_heads)
+
+
+def validate_head_reduction(reduction) -> str:
+    """Returns `reduction`, or raises a `ValueError` naming it and the accepted values `HEAD_REDUCTIONS`."""
+    if reduction not in HEAD_REDUCTIONS:
+        raise ValueError(f"`scorer_head_reduction` must be one of {HEAD_REDUCTIONS}, got {reduction!r}.")
+    return reduction
+
+
 class VisionSelectorScorer(nn.Module):
     """Scores every merged visual token of an item by how much the item's other tokens "attend" to it.
 
@@ -59,16 +83,28 @@ class VisionSelectorScorer(nn.Module):
     tokens j of q_i . k_j / sqrt(h) (VisionSelector, eq. 2). The mean of dot products is the dot product with the
     mean key, and the mean key is W_k applied to the mean token, so the score costs O(N h), never O(N^2).
 
+    With `num_heads` H > 1 the h query and key columns split into H heads of h / H, each scoring as above
+    (q_i^a . mean_j k_j^a / sqrt(h / H)), and a token's score is the max over heads (or their logsumexp): for a
+    given item a union of H half-spaces of feature space rather than one, so tokens of H different kinds can all
+    rank high. Same tensors, same cost; H = 1 is the paper's scorer exactly.
+
     Args:
         input_size (`int`): width D of the merged visual tokens (the LLM hidden size).
         hidden_size (`int`): width h of the query and key projections.
+        num_heads (`int`, *optional*, defaults to 1): H, a divisor of h.
+        head_reduction (`str`, *optional*, defaults to `"max"`): `"max"` or `"logsumexp"` over the heads.
     """
 
-    def __init__(self, input_size: int, hidden_size: int):
+    def __init__(self, input_size: int, hidden_size: int, num_heads: int = 1, head_reduction: str = "max"):
         super().__init__()
         self.hidden_size = hidden_size
+        self.num_heads = validate_scorer_heads(num_heads, hidden_size)
+        self.head_reduction = validate_head_reduction(head_reduction)
         self.q_proj = nn.Linear(input_size, hidden_size, bias=True)
         self.k_proj = nn.Linear(input_size, hidden_size, bias=True)
+
+    def extra_repr(self) -> str:
+        return "" if self.num_heads == 1 else f"num_heads={self.num_heads}, head_reduction={self.head_reduction!r}"
 
     def forward(self, features: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """
@@ -99,7 +135,25 @@ class VisionSelectorScorer(nn.Module):
         dtype = self.q_proj.weight.dtype
         mean_keys = self.k_proj(mean_tokens.to(dtype)).to(accumulate)  # (items, h)
         queries = self.q_proj(features.to(dtype)).to(accumulate)  # (N, h)
-        return (queries * mean_keys[item]).sum(-1) / math.sqrt(self.hidden_size)  # (N,)
+        if self.num_heads == 1:  # the paper's scorer, operation for operation
+            return (queries * mean_keys[item]).sum(-1) / math.sqrt(self.hidden_size)  # (N,)
+        head_size = self.hidden_size // self.num_heads
+        per_head = (queries * mean_keys[item]).unflatten(-1, (self.num_heads, head_size)).sum(-1)  # (N, H)
+        per_head = per_head / math.sqrt(head_size)
+        if self.head_reduction == "max":
+            return per_head.amax(-1)  # (N,)
+        return per_head.logsumexp(-1)  # (N,)
+
+
+def build_scorer(config) -> VisionSelectorScorer:
+    """The scorer a VisionSelector configuration describes (`scorer_hidden_size`, `scorer_heads`,
+    `scorer_head_reduction`; a configuration without the head fields describes the paper's scorer)."""
+    return VisionSelectorScorer(
+        config.text_config.hidden_size,
+        config.scorer_hidden_size,
+        num_heads=getattr(config, "scorer_heads", 1),
+        head_reduction=getattr(config, "scorer_head_reduction", "max"),
+    )
 
 
 def item_topk(scores: torch.Tensor, k: int) -> torch.LongTensor:
