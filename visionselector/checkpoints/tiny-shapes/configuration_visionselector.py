@@ -32,7 +32,7 @@ from huggingface_hub.dataclasses import strict  # noqa: E402
 from transformers import PreTrainedConfig  # noqa: E402
 
 from .families import FAMILIES, Family  # noqa: E402
-from .scoring import validate_retention_ratio  # noqa: E402
+from .scoring import validate_head_reduction, validate_retention_ratio, validate_scorer_heads  # noqa: E402
 
 
 @dataclasses.dataclass(kw_only=True, repr=False)
@@ -44,6 +44,14 @@ class VisionSelectorFields:
         scorer_hidden_size (`int`, *optional*, defaults to `text_config.hidden_size // 2`):
             Width h of the scorer's query and key projections. The default gives the paper's scorer: 12,848,640
             parameters on Qwen2.5-VL-7B, 4,196,352 on Qwen2.5-VL-3B.
+        scorer_heads (`int`, *optional*, defaults to 1):
+            Number of heads H the scorer's h query and key columns split into, a divisor of `scorer_hidden_size`.
+            A token's score is then the max over the heads' paper scores (or their logsumexp, see
+            `scorer_head_reduction`): a union of H half-spaces, so that targets of H different kinds can all rank
+            high. Same tensors, same parameter count, same O(N h) cost; 1 (the default) is the paper's scorer exactly,
+            so every paper checkpoint loads unchanged. A checkpoint's config says which scorer its weights belong to.
+        scorer_head_reduction (`str`, *optional*, defaults to `"max"`):
+            How a scorer with `scorer_heads` > 1 combines its heads' scores: `"max"` or `"logsumexp"`. Unused at 1.
         retention_ratio (`float`, *optional*, defaults to 0.3):
             Share of each image's and video's merged visual tokens kept at inference, in (0, 1]; an item of n
             tokens keeps `max(1, floor(retention_ratio * n))`. `forward` and `generate` accept a per-call override.
@@ -67,6 +75,8 @@ class VisionSelectorFields:
     model_class_name = None
 
     scorer_hidden_size: int | None = None
+    scorer_heads: int = 1
+    scorer_head_reduction: str = "max"
     retention_ratio: float = 0.3
     train_retention_ratio: float = 0.2
     scorer_init_std: float = 0.02
@@ -87,6 +97,8 @@ class VisionSelectorFields:
             self.scorer_hidden_size = self.text_config.hidden_size // 2
         if isinstance(self.scorer_hidden_size, bool) or self.scorer_hidden_size < 1:
             raise ValueError(f"`scorer_hidden_size` must be a positive integer, got {self.scorer_hidden_size!r}.")
+        self.scorer_heads = validate_scorer_heads(self.scorer_heads, self.scorer_hidden_size)
+        self.scorer_head_reduction = validate_head_reduction(self.scorer_head_reduction)
         self.retention_ratio = validate_retention_ratio(self.retention_ratio, "retention_ratio")
         self.train_retention_ratio = validate_retention_ratio(self.train_retention_ratio, "train_retention_ratio")
         std = self.scorer_init_std

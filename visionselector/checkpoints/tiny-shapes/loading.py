@@ -24,7 +24,7 @@ from transformers.utils import cached_file
 from .compatibility import missing_internal
 from .families import MODEL_CLASSES, visionselector_class_for
 from .generation import GENERATION_SELECTION_FIELDS, check_generation_selection_settings
-from .scoring import VisionSelectorScorer
+from .scoring import build_scorer
 
 # Internals below the public API of transformers (the weight-renaming rules): a release that moves one fails here.
 try:
@@ -326,7 +326,7 @@ class VisionSelectorLoadingMixin:
 def check_scorer_tensors(tensors: dict[str, torch.Tensor], config, source: str) -> None:
     """Raises a `ValueError` unless `tensors` are exactly the `scorer.*` tensors of a model with `config`."""
     with torch.device("meta"):
-        reference = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
+        reference = build_scorer(config)
     expected = {f"{SCORER_PREFIX}{name}": value.shape for name, value in reference.state_dict().items()}
     if set(tensors) != set(expected):
         raise ValueError(

@@ -52,7 +52,7 @@ from .loading import (  # noqa: F401 (SCORER_PREFIX, SCORER_WEIGHTS_NAME, check_
     scorer_unquantized,
 )
 from .pruning import PrunedInputs, PruningMixin, check_placeholder_rows
-from .scoring import VisionSelectorScorer, differentiable_topk, hard_topk_mask, num_kept_tokens, validate_retention_ratio
+from .scoring import VisionSelectorScorer, build_scorer, differentiable_topk, hard_topk_mask, num_kept_tokens, validate_retention_ratio
 from .selectors import get_selector, select_tokens
 
 try:  # a transformers internal: the weight initialisers
@@ -141,7 +141,7 @@ class VisionSelectorMixin(VisionSelectorLoadingMixin, PruningMixin, PrunedGenera
 
     def __init__(self, config):
         super().__init__(config)
-        self.scorer = VisionSelectorScorer(config.text_config.hidden_size, config.scorer_hidden_size)
+        self.scorer = build_scorer(config)
         self.post_init()
         if config.scorer_only:  # the backbone checkpoint has no scorer; `from_pretrained` loads it from the artifact
             self._keys_to_ignore_on_load_missing = {*(self._keys_to_ignore_on_load_missing or ()), r"^scorer\."}
